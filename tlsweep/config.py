@@ -1,0 +1,87 @@
+"""Structured config schema, registered with Hydra's ConfigStore so typos fail at composition."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # a keras.applications backbone: vgg16, vgg19, resnet50, mobilenet_v2
+    weights: Optional[str] = "imagenet"  # "imagenet", null (random init) or a path to a weights file
+    default_layer: str = MISSING  # the cut used when `layer` is not given
+    batch_size: int = 256  # images per forward pass during extraction
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # cifar10 or digits
+    path: Optional[str] = None  # null: download through Keras; else a local archive or folder
+    classes: List[int] = field(default_factory=lambda: [4, 5, 6, 7, 8, 9])
+    val_fraction: float = 0.2
+    image_size: Optional[int] = None  # null keeps the native size (32x32 for CIFAR-10)
+
+
+@dataclass
+class ClassifierConfig:
+    name: str = "linear_svc"  # linear_svc (liblinear) or lbfgs_svc (same problem, float32, no copies)
+    C: float = 0.1
+    loss: str = "squared_hinge"
+    max_iter: int = 1000
+    tol: float = 1e-4
+    dual: str = "auto"  # LinearSVC's dual: auto, true or false
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str = "tlsweep"
+    machine: Optional[str] = None  # a name for this machine in comparisons; null: the host name
+
+
+@dataclass
+class TlsweepConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    classifier: ClassifierConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    layer: str = "${model.default_layer}"
+    seed: int = 0
+    cache_dir: Optional[str] = None  # null: $TLSWEEP_CACHE_DIR, else ~/.cache/tlsweep
+    resume: bool = False  # skip configurations that already FINISHED in the experiment
+    demo: bool = False  # tags runs as a demo (random weights, stand-in images)
+
+
+def register_configs() -> None:
+    """Register the schemas; each group's yaml files extend their schema via `defaults`."""
+    cs = ConfigStore.instance()
+    cs.store(name="tlsweep_schema", node=TlsweepConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="classifier", name="classifier_schema", node=ClassifierConfig)
+    cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+
+
+def default_tracking_uri(uri: Optional[str], cwd: Path) -> str:
+    """An absolute tracking URI: the configured one, $MLFLOW_TRACKING_URI, or ./mlflow.db."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(cwd / 'mlflow.db').resolve().as_posix()}"
+
+
+def default_cache_dir(cache_dir: Optional[str]) -> Path:
+    """An absolute cache folder: the configured one, $TLSWEEP_CACHE_DIR, or ~/.cache/tlsweep."""
+    chosen = cache_dir or os.environ.get("TLSWEEP_CACHE_DIR")
+    if not chosen:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        chosen = Path(base) / "tlsweep"
+    return Path(chosen).expanduser().resolve()

@@ -1,0 +1,135 @@
+"""Where and from what a run came: machine, library versions, git commit, config hash, process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from tlsweep.config import PROJECT_ROOT
+
+# keys that change where results go or how fast they come, never what they are
+NON_SEMANTIC_KEYS = ("tracking", "cache_dir", "resume", "model.batch_size")
+PACKAGES = ("tensorflow", "keras", "scikit-learn", "mlflow", "numpy", "hydra-core", "jax", "torch")
+
+
+def config_hash(resolved: Mapping[str, Any]) -> str:
+    """A stable id of the configuration: runs with equal hashes should give equal accuracies."""
+    flat = dict(flatten(resolved))
+    for key in list(flat):
+        if any(key == skip or key.startswith(f"{skip}.") for skip in NON_SEMANTIC_KEYS):
+            del flat[key]
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = ""):
+    """Yield (dotted.key, value) pairs; lists stay whole."""
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from flatten(value, f"{name}.")
+        else:
+            yield name, value
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_names() -> str:
+    if not shutil.which("nvidia-smi"):
+        return "none"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return ", ".join(names) if names else "none"
+
+
+def git_commit() -> Optional[str]:
+    if not (PROJECT_ROOT / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def process_id() -> str:
+    """host:pid:start-time, so a later run can tell a dead process from a live one (pids get reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def process_alive(process: str) -> bool:
+    """Whether a process recorded by `process_id` on this host still runs; other hosts count as alive."""
+    try:
+        host, pid, started = process.split(":")
+    except ValueError:
+        return True
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return started in ("?", _start_time(int(pid)))
+
+
+def machine_tags(name: Optional[str]) -> dict[str, str]:
+    """Tags that say where a run ran and with which library versions."""
+    import keras
+
+    host = socket.gethostname()
+    tags = {
+        "machine": name or host,
+        "machine.host": host,
+        "machine.cpu": _cpu_name(),
+        "machine.cores": str(os.cpu_count()),
+        "machine.gpu": _gpu_names(),
+        "machine.platform": platform.platform(),
+        "machine.python": platform.python_version(),
+        "keras.backend": keras.backend.backend(),
+    }
+    for package in PACKAGES:
+        try:
+            tags[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    commit = git_commit()
+    if commit:
+        tags["git.commit"] = commit
+    return tags

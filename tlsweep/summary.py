@@ -1,0 +1,95 @@
+"""The sweep view: a comparison table of runs and the accuracy-against-layer and -against-C plots."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+SPLIT_COLUMNS = ("train_accuracy", "val_accuracy", "test_accuracy")
+GROUP = ["model", "classes", "C"]
+
+
+def comparison_table(runs: Sequence[dict]) -> pd.DataFrame:
+    """One row per run: what was varied, where it ran, and the accuracy on each split."""
+    rows = []
+    for run in runs:
+        params, metrics, tags = run["params"], run["metrics"], run["tags"]
+        rows.append(
+            {
+                "model": params.get("model.name"),
+                "layer": params.get("layer"),
+                "layer_index": metrics.get("layer_index"),
+                "classes": tags.get("classes", params.get("data.classes")),
+                "C": float(params["classifier.C"]) if "classifier.C" in params else None,
+                **{column: metrics.get(column) for column in SPLIT_COLUMNS},
+                "feature_dim": params.get("feature_dim"),
+                "converged": metrics.get("converged"),
+                "extraction_seconds": metrics.get("extraction_seconds"),
+                "fit_seconds": metrics.get("fit_seconds"),
+                "machine": tags.get("machine"),
+                "status": run["status"],
+                "config_hash": tags.get("tlsweep.config_hash"),
+                "error": tags.get("error", ""),
+                "run_id": run["run_id"],
+            }
+        )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values(["model", "classes", "C", "layer_index", "layer", "machine"], na_position="last")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, floatfmt=".4g") + "\n"
+
+
+def _slug(*parts) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(str(part) for part in parts)).strip("_")
+
+
+def accuracy_vs_layer(table: pd.DataFrame) -> dict[str, plt.Figure]:
+    """Train, val and test accuracy against the cut layer (the seed's Figures 13-15), per model, classes and C."""
+    figures = {}
+    done = table[table["status"] == "FINISHED"].dropna(subset=list(SPLIT_COLUMNS))
+    for (model, classes, C), group in done.groupby(GROUP, sort=False):
+        group = group.groupby(["layer", "layer_index"], as_index=False, dropna=False)[list(SPLIT_COLUMNS)].mean()
+        group = group.sort_values("layer_index")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for column, marker in zip(SPLIT_COLUMNS, "osd"):
+            ax.plot(group["layer"], group[column], marker=marker, label=column.split("_")[0])
+        ax.set_xlabel("cut layer (input → output)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{model}, classes {classes}, C={C:g}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        figures[f"accuracy_vs_layer-{_slug(model, classes, f'C{C:g}')}.png"] = fig
+    return figures
+
+
+def val_accuracy_vs_C(table: pd.DataFrame) -> dict[str, plt.Figure]:
+    """Validation accuracy against C for each layer, when the sweep varied C."""
+    figures = {}
+    done = table[table["status"] == "FINISHED"].dropna(subset=["val_accuracy"])
+    for (model, classes), group in done.groupby(["model", "classes"], sort=False):
+        if group["C"].nunique() < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for layer, by_layer in group.sort_values("layer_index").groupby("layer", sort=False):
+            points = by_layer.groupby("C")["val_accuracy"].mean()
+            ax.plot(points.index, points.values, marker="o", label=layer)
+        ax.set_xscale("log")
+        ax.set_xlabel("C")
+        ax.set_ylabel("val accuracy")
+        ax.set_title(f"{model}, classes {classes}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        figures[f"val_accuracy_vs_C-{_slug(model, classes)}.png"] = fig
+    return figures
