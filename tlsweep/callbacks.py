@@ -30,23 +30,21 @@ RESUMED_TAG_PREFIX = "tlsweep.resumed."
 
 
 def sweep_overrides(config: DictConfig) -> list[str]:
-    """The sweep as Hydra will expand it: command-line overrides plus `hydra.sweeper.params`."""
-    overrides = list(config.hydra.overrides.task)
+    """The sweep as the basic sweeper expands it: `hydra.sweeper.params`, then the command line."""
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    overrides += [f"{key}={value}" for key, value in params.items()]
-    return overrides
+    return [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
 
 
 def swept_values(overrides: list[str], key: str) -> list[str]:
-    """Every value `key` takes in the sweep, parsed by Hydra's own override grammar."""
+    """Every value `key` takes in the sweep, parsed by Hydra's own grammar; the last override wins."""
     values: list[str] = []
     for override in OverridesParser.create().parse_overrides(overrides):
         if override.get_key_element().lstrip("+~") != key:
             continue
         if override.is_sweep_override():
-            values += [str(value) for value in override.sweep_string_iterator()]
+            values = [str(value) for value in override.sweep_string_iterator()]
         else:
-            values.append(str(override.value()))
+            values = [str(override.value())]
     return list(dict.fromkeys(values))
 
 

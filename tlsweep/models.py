@@ -81,7 +81,7 @@ def build_backbone(*, name: str, weights: Optional[str], input_size: int, seed: 
             raise
         filename = BACKBONES[name][2]
         raise FetchError(
-            f"could not download the ImageNet weights for {name} ({type(err).__name__}); "
+            f"could not download the ImageNet weights for {name} ({str(err).splitlines()[0][:200] or type(err).__name__}); "
             f"pass a local file with model.weights=/path/to/{filename}"
         ) from None
 

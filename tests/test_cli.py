@@ -1,0 +1,137 @@
+"""End to end, as a user runs it: `python -m tlsweep -m layer=...`, then read back with MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, run_cli
+
+LAYERS = ["block3_pool", "block4_pool", "block5_pool"]
+
+
+def _runs(client, experiment="tlsweep"):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _artifacts(client, run_id, path=""):
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return found
+
+
+def test_three_cut_multirun_is_one_parent_with_three_children(isolated, cifar_archive):
+    result = run_cli("-m", f"layer={','.join(LAYERS)}", f"data.path={cifar_archive}", *TINY, cwd=isolated)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = MlflowClient()
+    runs = _runs(client)
+    parents = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert sorted(c.data.params["layer"] for c in children) == LAYERS
+    assert all(c.info.status == "FINISHED" for c in children)
+
+    dims = {c.data.params["layer"]: int(c.data.params["feature_dim"]) for c in children}
+    assert dims == {"block3_pool": 4096, "block4_pool": 2048, "block5_pool": 512}
+    for child in children:
+        metrics, params, tags = child.data.metrics, child.data.params, child.data.tags
+        for split in ("train", "val", "test"):
+            assert 0.0 <= metrics[f"{split}_accuracy"] <= 1.0
+            assert f"{split}_macro_f1" in metrics and f"{split}_weighted_precision" in metrics
+            assert f"{split}_recall_deer" in metrics
+        assert {"fit_seconds", "extraction_seconds", "n_iter", "converged"} <= set(metrics)
+        assert params["n_train"] == "45" and params["n_val"] == "15" and params["n_test"] == "24"
+        assert params["classifier.C"] == "0.1" and params["data.classes"] == "[4, 5, 6, 7, 8, 9]"
+        assert tags["classes"] == "deer,dog,frog,horse,ship,truck"
+        assert tags["layer"] == params["layer"]
+        for key in ("machine.host", "machine.cpu", "machine.gpu", "version.tensorflow", "version.keras",
+                    "version.scikit-learn", "version.mlflow", "tlsweep.config_hash"):
+            assert tags.get(key), key
+        artifacts = set(_artifacts(client, child.info.run_id))
+        for split in ("train", "val", "test"):
+            assert f"reports/{split}_classification_report.txt" in artifacts
+            assert f"reports/{split}_classification_report.json" in artifacts
+            assert f"confusion/{split}_confusion_matrix.png" in artifacts
+        assert "config.yaml" in artifacts
+        report = client.download_artifacts(child.info.run_id, "reports/test_classification_report.txt", str(isolated))
+        assert "precision" in open(report).read() and "deer" in open(report).read()
+    # one forward pass filled every cut: only the first job ran the CNN
+    forward = sorted(c.data.metrics["cnn_forward_images"] for c in children)
+    assert forward == [0, 0, 60 + 24]
+
+    summary = set(_artifacts(client, parents[0].info.run_id))
+    assert {"summary/comparison.csv", "summary/comparison.md"} <= summary
+    assert any(p.startswith("summary/accuracy_vs_layer") and p.endswith(".png") for p in summary)
+    table = open(client.download_artifacts(parents[0].info.run_id, "summary/comparison.csv", str(isolated))).read()
+    assert all(layer in table for layer in LAYERS) and "test_accuracy" in table
+
+
+def test_single_run_without_m_logs_one_run(isolated, cifar_dir):
+    result = run_cli(f"data.path={cifar_dir.parent}", "layer=block5_pool", *TINY, cwd=isolated)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _runs(MlflowClient())
+    assert len(runs) == 1
+    assert runs[0].info.status == "FINISHED"
+    assert "mlflow.parentRunId" not in runs[0].data.tags
+
+
+def test_default_store_is_mlflow_db_in_the_folder_the_command_ran_in(isolated, cifar_dir):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    os.environ.pop("MLFLOW_TRACKING_URI")
+    result = run_cli(f"data.path={cifar_dir}", *TINY, "classifier.C=0.5", cwd=isolated, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (isolated / "mlflow.db").exists()
+    runs = _runs(MlflowClient(f"sqlite:///{isolated / 'mlflow.db'}"))
+    assert [r.data.params["classifier.C"] for r in runs] == ["0.5"]
+
+
+def test_c_sweep_logs_val_accuracy_against_c(isolated, cifar_dir):
+    result = run_cli("-m", "layer=block4_pool,block5_pool", "classifier.C=0.01,1.0",
+                     f"data.path={cifar_dir}", *TINY, cwd=isolated)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient()
+    parent = next(r for r in _runs(client) if r.data.tags.get("tlsweep.kind") == "sweep")
+    artifacts = _artifacts(client, parent.info.run_id)
+    assert sum(p.startswith("summary/val_accuracy_vs_C") for p in artifacts) == 1
+    assert sum(p.startswith("summary/accuracy_vs_layer") for p in artifacts) == 2  # one per C
+
+
+def test_offline_download_failure_is_one_clear_line(isolated):
+    result = run_cli("model.weights=null", cwd=isolated, env={"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if "could not download" in line]
+    assert len(lines) == 1 and "CIFAR-10" in lines[0] and "data.path=" in lines[0]
+    assert "Traceback" not in result.stderr
+    run = _runs(MlflowClient())[0]
+    assert run.info.status == "FAILED" and "could not download" in run.data.tags["error"]
+
+
+def test_offline_imagenet_weights_failure_names_the_file_to_pass(isolated, cifar_dir):
+    result = run_cli(f"data.path={cifar_dir}", "model.batch_size=16", cwd=isolated,
+                     env={"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    line = next(line for line in (result.stdout + result.stderr).splitlines() if "could not download" in line)
+    assert "ImageNet weights for vgg16" in line and "model.weights=" in line
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in line
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("preset", ["demo"])
+def test_demo_preset_runs_offline_and_is_tagged(isolated, preset):
+    from conftest import ROOT
+
+    result = run_cli("-cd", str(ROOT / "sweeps"), "-cn", preset, "model.batch_size=64",
+                     "layer=block4_pool,block5_pool", cwd=isolated)
+    assert result.returncode == 0, result.stderr[-3000:]
+    children = [r for r in _runs(MlflowClient()) if r.data.tags.get("mlflow.parentRunId")]
+    assert len(children) == 2
+    assert all(c.data.tags["demo"] == "true" and c.data.params["data.name"] == "digits" for c in children)
+    assert all(c.data.metrics["test_accuracy"] > 0.5 for c in children)  # real images, learnable
