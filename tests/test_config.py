@@ -1,0 +1,112 @@
+"""Config composition in-process with hydra.compose: defaults, overrides, presets and schema errors."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+from tlsweep.config import default_cache_dir, default_tracking_uri, register_configs
+
+register_configs()
+
+
+def _compose(overrides=(), name="config", config_dir=ROOT / "conf"):
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+
+
+def test_defaults_are_the_seed_protocol():
+    cfg = _compose()
+    assert cfg.model.name == "vgg16" and cfg.model.weights == "imagenet"
+    assert cfg.layer == "block5_pool"
+    assert cfg.data.name == "cifar10" and cfg.data.path is None
+    assert list(cfg.data.classes) == [4, 5, 6, 7, 8, 9]
+    assert cfg.data.val_fraction == 0.2 and cfg.data.image_size is None
+    assert (cfg.classifier.name, cfg.classifier.C, cfg.classifier.loss, cfg.classifier.max_iter) == (
+        "linear_svc", 0.1, "squared_hinge", 1000)
+    assert cfg.tracking.experiment == "tlsweep" and cfg.tracking.uri is None
+    assert cfg.seed == 0 and cfg.resume is False
+    assert cfg.hydra.job.chdir is False
+    assert "tlsweep.callbacks.MLflowSweepCallback" in OmegaConf.to_yaml(cfg.hydra.callbacks)
+
+
+@pytest.mark.parametrize(
+    "overrides, key, expected",
+    [
+        (["model=vgg19"], "model.name", "vgg19"),
+        (["model=resnet50"], "layer", "conv5_block3_out"),
+        (["model=mobilenet_v2"], "layer", "out_relu"),
+        (["model.weights=null"], "model.weights", None),
+        (["model.weights=/w/vgg16_notop.h5"], "model.weights", "/w/vgg16_notop.h5"),
+        (["layer=block3_pool"], "layer", "block3_pool"),
+        (["data.classes=[0,1,2]"], "data.classes", [0, 1, 2]),
+        (["data.val_fraction=0.1"], "data.val_fraction", 0.1),
+        (["data.path=/d/cifar-10-python.tar.gz"], "data.path", "/d/cifar-10-python.tar.gz"),
+        (["data=digits"], "data.image_size", 32),
+        (["classifier.C=1"], "classifier.C", 1.0),
+        (["classifier.loss=hinge"], "classifier.loss", "hinge"),
+        (["classifier.max_iter=50"], "classifier.max_iter", 50),
+        (["seed=7"], "seed", 7),
+        (["tracking.experiment=mine"], "tracking.experiment", "mine"),
+        (["tracking.uri=http://127.0.0.1:5000"], "tracking.uri", "http://127.0.0.1:5000"),
+    ],
+)
+def test_overrides(overrides, key, expected):
+    value = OmegaConf.select(_compose(overrides), key)
+    value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    assert value == expected
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["classifer.C=1"],  # typo in a group name
+        ["classifier.CC=1"],  # typo in a key
+        ["classifier.C=abc"],  # wrong type
+        ["classifier.max_iter=1.5"],
+        ["data.classes=abc"],
+        ["model=alexnet"],  # not a config option
+    ],
+)
+def test_schema_rejects_typos_and_wrong_types_at_composition(overrides):
+    with pytest.raises(ConfigCompositionException):
+        _compose(overrides)
+
+
+@pytest.mark.parametrize(
+    "preset, swept",
+    [
+        ("seed_study", {"layer": "block3_pool,block4_pool,block5_pool"}),
+        ("c_grid", {"layer": "block3_pool,block4_pool,block5_pool", "classifier.C": "0.001,0.01,0.1,1.0"}),
+        ("class_subsets", {"layer": "block3_pool,block4_pool,block5_pool",
+                           "data.classes": "[4,5,6,7,8,9],[2,3,4,5,6,7],[0,1,8,9]"}),
+        ("demo", {"layer": "block3_pool,block4_pool,block5_pool"}),
+    ],
+)
+def test_presets_compose_and_name_their_command(preset, swept):
+    # as `-cd sweeps -cn <preset>` does: the preset is the primary config, conf/ stays on the search path
+    cfg = _compose([f"hydra.searchpath=[file://{ROOT / 'conf'}]"], name=preset, config_dir=ROOT / "sweeps")
+    assert dict(cfg.hydra.sweeper.params) == swept
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    first_line = (ROOT / "sweeps" / f"{preset}.yaml").read_text().splitlines()[0]
+    assert first_line == f"# python -m tlsweep -cd sweeps -cn {preset}"
+    if preset == "demo":
+        assert cfg.data.name == "digits" and cfg.model.weights is None and cfg.demo is True
+    else:
+        assert cfg.data.name == "cifar10" and cfg.model.weights == "imagenet"
+
+
+def test_tracking_uri_and_cache_dir_are_absolute(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert default_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert default_tracking_uri(None, tmp_path) == "http://127.0.0.1:5000"
+    assert default_tracking_uri("sqlite:////x/y.db", tmp_path) == "sqlite:////x/y.db"
+    monkeypatch.delenv("TLSWEEP_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert default_cache_dir(None) == tmp_path.resolve() / ".cache" / "tlsweep"
+    assert default_cache_dir("rel/cache").is_absolute()
