@@ -45,8 +45,25 @@ def comparison_table(runs: Sequence[dict]) -> pd.DataFrame:
     return table.sort_values(["model", "classes", "C", "layer_index", "layer", "machine"], na_position="last")
 
 
+def accuracy_by_layer(table: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """The seed report's view: one row per split, one column per cut, per (model, classes, C)."""
+    views = {}
+    done = table[table["status"] == "FINISHED"].dropna(subset=list(SPLIT_COLUMNS))
+    for key, group in done.groupby(GROUP, sort=False):
+        group = group.sort_values("layer_index")
+        view = group.groupby("layer", sort=False)[list(SPLIT_COLUMNS)].mean().T
+        view.index = [column.split("_")[0] + " accuracy" for column in SPLIT_COLUMNS]
+        views[key] = view
+    return views
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown(index=False, floatfmt=".4g") + "\n"
+    """The per-split accuracy views, then every run in full."""
+    parts = []
+    for (model, classes, C), view in accuracy_by_layer(table).items():
+        parts.append(f"## {model}, classes {classes}, C={C:g}\n\n{view.to_markdown(floatfmt='.3f')}\n")
+    parts.append(f"## All runs\n\n{table.to_markdown(index=False, floatfmt='.4g')}\n")
+    return "\n".join(parts)
 
 
 def _slug(*parts) -> str:
