@@ -93,15 +93,22 @@ def test_default_store_is_mlflow_db_in_the_folder_the_command_ran_in(isolated, c
     assert [r.data.params["classifier.C"] for r in runs] == ["0.5"]
 
 
-def test_c_sweep_logs_val_accuracy_against_c(isolated, cifar_dir):
-    result = run_cli("-m", "layer=block4_pool,block5_pool", "classifier.C=0.01,1.0",
+def test_sweep_over_layer_classes_and_c(isolated, cifar_dir):
+    result = run_cli("-m", "layer=block4_pool,block5_pool", "classifier.C=0.01,1.0", "data.classes=[4,5],[0,1,9]",
                      f"data.path={cifar_dir}", *TINY, cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient()
-    parent = next(r for r in _runs(client) if r.data.tags.get("tlsweep.kind") == "sweep")
+    runs = _runs(client)
+    parent = next(r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    seen = {(c.data.params["layer"], c.data.params["classifier.C"], c.data.tags["classes"]) for c in children}
+    assert seen == {(layer, C, classes) for layer in ("block4_pool", "block5_pool") for C in ("0.01", "1.0")
+                    for classes in ("deer,dog", "airplane,automobile,truck")}
+    # classes 4 and 5 were extracted once, for both layers; the second subset only ran its own images
+    assert sum(c.data.metrics["cnn_forward_images"] for c in children) == (10 + 4) * 5
     artifacts = _artifacts(client, parent.info.run_id)
-    assert sum(p.startswith("summary/val_accuracy_vs_C") for p in artifacts) == 1
-    assert sum(p.startswith("summary/accuracy_vs_layer") for p in artifacts) == 2  # one per C
+    assert sum(p.startswith("summary/val_accuracy_vs_C") for p in artifacts) == 2  # one per class subset
+    assert sum(p.startswith("summary/accuracy_vs_layer") for p in artifacts) == 4  # per class subset and C
 
 
 def test_offline_download_failure_is_one_clear_line(isolated):
