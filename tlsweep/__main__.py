@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlsweep import cache, classify, data, features, provenance, report, tracking
 from tlsweep.callbacks import LAYERS_ENV, PARENT_ENV, RESUMED_TAG_PREFIX
 from tlsweep.config import default_cache_dir, default_tracking_uri, register_configs
-from tlsweep.errors import TlsweepError
+from tlsweep.errors import ConfigError, TlsweepError
 
 log = logging.getLogger("tlsweep")
 
@@ -63,11 +63,16 @@ def run(cfg: DictConfig) -> float:
 
 def _train_and_evaluate(cfg: DictConfig, mlrun: tracking.RunLog) -> float:
     start = time.perf_counter()
+    if not 0 <= cfg.seed < 2**32:  # what numpy, Keras and scikit-learn accept
+        raise ConfigError(f"seed should be an integer in [0, 2**32 - 1]; received seed={cfg.seed}")
     classify.validate_classifier(**_classifier_args(cfg))
     cache_root = cache.ensure_writable(default_cache_dir(cfg.cache_dir))
     dataset = data.load_dataset(name=cfg.data.name, path=cfg.data.path)
     classes = data.validate_classes(cfg.data.classes, dataset.class_names)
     names = [dataset.class_names[c] for c in classes]
+    # split on the labels alone, so a bad val_fraction fails before the CNN runs
+    train_idx, val_idx = data.split_train_val(data.subset_labels(dataset.train, classes),
+                                              val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     sweep_layers = [layer for layer in os.environ.get(LAYERS_ENV, "").split(",") if layer]
     common = dict(
         dataset=dataset, layer=cfg.layer, classes=classes, backbone=cfg.model.name, weights=cfg.model.weights,
@@ -75,7 +80,6 @@ def _train_and_evaluate(cfg: DictConfig, mlrun: tracking.RunLog) -> float:
         batch_size=cfg.model.batch_size, cache_root=cache_root, sweep_layers=sweep_layers,
     )
     train = features.extract_features(image_set="train", **common)
-    train_idx, val_idx = data.split_train_val(train.y, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     test = features.extract_features(image_set="test", **common)
     mlrun.set_tags({"data.fingerprint": dataset.fingerprint, "weights.fingerprint": train.weights_id})
     mlrun.log_params({"feature_dim": train.X.shape[1], "n_train": len(train_idx), "n_val": len(val_idx),

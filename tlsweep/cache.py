@@ -52,6 +52,14 @@ def _replace_atomically(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def write_json(path: Path, value) -> None:
+    """Write JSON by rename, so a process reading it without the lock never sees a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(value, handle, indent=2)
+    _replace_atomically(Path(tmp), path)
+
+
 def load_entry(folder: Path, name: str) -> Optional[np.ndarray]:
     """A memory-mapped entry, or None when it is missing or fails its checks (then it is removed)."""
     data, meta = folder / f"{name}.npy", folder / f"{name}.json"

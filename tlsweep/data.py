@@ -6,6 +6,7 @@ import hashlib
 import logging
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -78,6 +79,11 @@ def validate_classes(classes: Sequence[int], class_names: Sequence[str]) -> list
     return classes
 
 
+def subset_labels(images: ImageSet, classes: Sequence[int]) -> np.ndarray:
+    """Labels of `classes`, class by class: the order `features.extract_features` returns them in."""
+    return np.concatenate([np.full(len(images.indices_of(c)), c, dtype=np.int64) for c in classes])
+
+
 def describe_classes(name: str, classes: Sequence[int]) -> str:
     """Class names for tags ("deer,dog,..."); indices that are not valid stay as given."""
     names = CLASS_NAMES.get(name, ())
@@ -89,11 +95,15 @@ def split_train_val(labels: np.ndarray, *, val_fraction: float, seed: int) -> tu
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction should be in the open interval (0, 1); received data.val_fraction={val_fraction}")
     counts = np.bincount(labels)
-    counts = counts[counts > 0]
-    if np.floor(counts.min() * val_fraction) < 1 or np.ceil(counts.min() * (1 - val_fraction)) < 1:
+    smallest = int(counts[counts > 0].min())
+    # stratified: the smallest class gives about smallest * val_fraction images to val and must keep one
+    # for train; the 1e-9 keeps the bounds quoted below (0.1 and 0.9 for ten images) allowed
+    n_val = smallest * val_fraction
+    if np.floor(n_val + 1e-9) < 1 or smallest - np.ceil(n_val - 1e-9) < 1:
         raise ConfigError(
-            f"data.val_fraction={val_fraction} leaves a class with no val or no train images "
-            f"(smallest class has {counts.min()} images); choose a value nearer 0.5"
+            f"data.val_fraction should lie in [{1 / smallest:.3g}, {1 - 1 / smallest:.3g}] for these classes: the "
+            f"smallest has {smallest} training images, and a value outside leaves it with no val or no train "
+            f"image; received data.val_fraction={val_fraction}"
         )
     positions = np.arange(len(labels))
     try:
@@ -167,10 +177,15 @@ def _read_cifar_batches(location: Path) -> dict[str, tuple[np.ndarray, np.ndarra
                     base = member.name.rsplit("/", 1)[-1]
                     if member.isfile() and base in wanted:
                         raw[base] = archive.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as err:
+                # read to the end of the compressed stream, so gzip checks its CRC and length: a flipped
+                # byte can otherwise decode to garbage that merely ends the member listing early
+                while archive.fileobj.read(1 << 22):
+                    pass
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        reason = str(err).splitlines()[0].rstrip(":") if str(err) else ""
         raise DataError(
-            f"data.path={str(location)!r} is not a readable CIFAR-10 archive ({type(err).__name__}: {err}); "
-            "expected cifar-10-python.tar.gz or its cifar-10-batches-py folder"
+            f"data.path={str(location)!r} is not a readable CIFAR-10 archive, or is truncated or corrupt "
+            f"({type(err).__name__}: {reason}); expected cifar-10-python.tar.gz or its cifar-10-batches-py folder"
         ) from None
     missing = [name for name in wanted if name not in raw]
     if missing:

@@ -15,6 +15,7 @@ import numpy as np
 
 from tlsweep import cache, models
 from tlsweep.data import Dataset
+from tlsweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ def extract_features(
     model=None,
 ) -> Features:
     """Features of `layer` for `classes`, from the cache or from one pass that fills every sweep layer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"model.batch_size should be an integer >= 1; received model.batch_size={batch_size!r}")
     images = dataset.image_set(image_set)
     key = FeatureKey(backbone, models.weights_fingerprint(weights, seed), dataset.fingerprint, input_size)
     folder = key.folder(cache_root)
@@ -76,14 +79,14 @@ def extract_features(
         with cache.lock(folder, image_set):
             found = _load(folder, image_set, layer, classes)  # another process may have filled it
             if found is None:
-                if not (folder / "key.json").exists():
-                    (folder / "key.json").write_text(json.dumps(key.__dict__, indent=2))
                 wanted = list(dict.fromkeys([layer, *sweep_layers]))
                 if model is None:
                     model = models.build_backbone(name=backbone, weights=weights, input_size=input_size, seed=seed)
                 valid = models.cut_layer_names(model)
                 models.validate_layers(model, [layer], model_name=backbone)
-                (folder / "layers.json").write_text(json.dumps(valid))
+                if not (folder / "key.json").exists():  # written once the key is known to be good
+                    cache.write_json(folder / "key.json", key.__dict__)
+                cache.write_json(folder / "layers.json", valid)  # read without the lock by cache hits
                 wanted = [name for name in wanted if name in valid]
                 cnn_images, computed = _fill(
                     folder, images, image_set, wanted, classes, model, backbone, input_size, batch_size

@@ -69,15 +69,18 @@ def build_backbone(*, name: str, weights: Optional[str], input_size: int, seed: 
         return getattr(module, constructor)(
             include_top=False, weights=source, input_shape=(input_size, input_size, 3)
         )
-    except ValueError as err:
-        if weights in (None, "imagenet"):
-            raise ConfigError(f"model.name={name!r} cannot be built at {input_size}x{input_size}: {err}") from None
-        raise DataError(
-            f"model.weights={weights!r} does not match model.name={name!r} "
-            f"({str(err).splitlines()[0][:200]})"
-        ) from None
     except Exception as err:
-        if weights != "imagenet":
+        if weights not in (None, "imagenet"):  # ValueError: another model's file; OSError: h5py, truncated
+            raise DataError(
+                f"model.weights should be 'imagenet', null or a weights file of {name}; received model.weights="
+                f"{weights!r}, which does not load ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            ) from None
+        if isinstance(err, ValueError):
+            raise ConfigError(
+                f"data.image_size should be null or a size {name} accepts; received data.image_size={input_size} "
+                f"({str(err).splitlines()[0][:200]})"
+            ) from None
+        if weights is None:
             raise
         filename = BACKBONES[name][2]
         raise FetchError(

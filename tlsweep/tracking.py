@@ -35,13 +35,13 @@ def connect(uri: str, experiment: str) -> str:
     if uri.startswith(("http://", "https://")):
         _probe(uri)
     mlflow.set_tracking_uri(uri)
-    guard = _sqlite_lock(uri)
     try:
-        with guard:  # the first process creates the schema; the others wait instead of racing it
+        with _sqlite_lock(uri):  # the first process creates the schema; the others wait instead of racing it
             found = mlflow.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment)
-    except MlflowException as err:
-        raise ConfigError(f"tracking.uri={uri!r} cannot be used: {str(err).splitlines()[0][:200]}") from None
+    except (MlflowException, OSError) as err:  # OSError: the sqlite file's folder cannot be made
+        reason = str(err).strip().splitlines()[0][:200]
+        raise ConfigError(f"tracking.uri={uri!r} cannot be used: {reason}") from None
     return experiment_id
 
 
