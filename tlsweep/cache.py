@@ -46,9 +46,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _replace_atomically(tmp: Path, final: Path) -> None:
     with tmp.open("rb") as handle:
         os.fsync(handle.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a shared cache must stay readable
     os.replace(tmp, final)
 
 
