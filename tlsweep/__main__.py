@@ -36,6 +36,7 @@ def run(cfg: DictConfig) -> float:
     parent_run_id = os.environ.get(PARENT_ENV)
     if parent_run_id is None:
         tracking.close_stale_runs(experiment_id)  # a sweep does this once, in its callback
+        tracking.project_run_id(experiment_id)  # under `mlflow run` this run logs into its run: same experiment
     if cfg.resume:
         done = tracking.finished_run(experiment_id, config_id)
         if done is not None:

@@ -77,7 +77,11 @@ class MLflowSweepCallback(Callback):
             uri = default_tracking_uri(config.tracking.uri, Path.cwd())
             self.experiment_id = tracking.connect(uri, config.tracking.experiment)
             tracking.close_stale_runs(self.experiment_id)
-            if parent:  # an outer process (another host's launcher, a wrapper) owns the parent run
+            project = None if parent else tracking.project_run_id(self.experiment_id, claim=True)
+            if project:  # `mlflow run` opened a run for this command: it becomes the sweep's parent
+                tracking.set_run_tag(project, tracking.KIND_TAG, "sweep")
+                parent = project
+            if parent:  # an outer process (`mlflow run`, another host's launcher, a wrapper) owns the parent run
                 self.parent_run_id = parent
             else:
                 name = f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}"

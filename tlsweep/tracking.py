@@ -6,6 +6,7 @@ This is the only module that imports mlflow.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 import urllib.error
 import urllib.request
@@ -38,11 +39,22 @@ def connect(uri: str, experiment: str) -> str:
     try:
         with _sqlite_lock(uri):  # the first process creates the schema; the others wait instead of racing it
             found = mlflow.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else mlflow.create_experiment(experiment)
+            experiment_id = found.experiment_id if found else _create_experiment(experiment)
     except (MlflowException, OSError) as err:  # OSError: the sqlite file's folder cannot be made
         reason = str(err).strip().splitlines()[0][:200]
         raise ConfigError(f"tracking.uri={uri!r} cannot be used: {reason}") from None
     return experiment_id
+
+
+def _create_experiment(name: str) -> str:
+    """Create experiment `name`, or take the one another machine created a moment before (a server has no lock)."""
+    try:
+        return mlflow.create_experiment(name)
+    except MlflowException:
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def _probe(uri: str) -> None:
@@ -117,6 +129,40 @@ def start_sweep_run(*, experiment_id: str, run_name: str, tags: Mapping[str, str
     return MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
 
 
+def start_summary_run(*, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> str:
+    """A run that holds a comparison rebuilt by `tlsweep.compare`; closed by `end_run`."""
+    tags = {**tags, KIND_TAG: "summary", PROCESS_TAG: provenance.process_id(), "mlflow.runName": run_name}
+    return MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+
+
+def open_store(uri: str) -> None:
+    """Point MLflow at `uri` to read what is there, creating nothing (a server is checked first)."""
+    if uri.startswith(("http://", "https://")):
+        _probe(uri)
+    mlflow.set_tracking_uri(uri)
+
+
+def project_run_id(experiment_id: str, *, claim: bool = False) -> Optional[str]:
+    """The run `mlflow run` opened for this process (MLFLOW_RUN_ID), if any.
+
+    A single run logs into it (mlflow.start_run resumes it); a sweep claims it as its parent, which
+    removes it from the environment so that no job resumes it. It must live in tlsweep's experiment.
+    """
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    found = MlflowClient().get_run(run_id).info.experiment_id
+    if found != experiment_id:
+        name = MlflowClient().get_experiment(found).name
+        raise ConfigError(
+            f"`mlflow run` opened run {run_id} in experiment {name!r}, not in tracking.experiment's; "
+            "pass the same name to both (mlflow run --experiment-name NAME ... tracking.experiment=NAME)"
+        )
+    if claim:
+        del os.environ["MLFLOW_RUN_ID"]
+    return run_id
+
+
 def end_run(run_id: str, *, failed: bool) -> None:
     MlflowClient().set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
@@ -150,6 +196,14 @@ def runs(experiment_ids: list[str], filter_string: str = "") -> list[dict]:
         }
         for run in found
     ]
+
+
+def find_runs(experiment_ids: list[str], filter_string: str) -> list[dict]:
+    """`runs` for a search string a user typed: a malformed one is a ConfigError that quotes it."""
+    try:
+        return runs(experiment_ids, filter_string)
+    except MlflowException as err:
+        raise ConfigError(f"cannot search runs with {filter_string!r}: {str(err).splitlines()[0][:300]}") from None
 
 
 def experiment_id(name: str) -> Optional[str]:

@@ -1,0 +1,58 @@
+"""Hydra launchers that run jobs in other processes: joblib (parallel, local) and submitit (local, SLURM preset).
+
+The parent run id reaches each job inside the pickled callback; the feature cache is shared through its lock.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, TINY, run_cli
+from tlsweep.config import register_configs
+
+IMAGES = 60 + 24  # train + test images of the tiny CIFAR-10 files, classes 4-9
+
+
+@pytest.mark.parametrize(
+    "layers, launcher",
+    [
+        (["block4_pool", "block5_pool"], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),  # both at once
+        (["block4_pool", "block5_pool"], ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]),
+    ],
+    ids=["joblib", "submitit_local"],
+)
+def test_jobs_in_other_processes_stay_children_of_one_parent_and_share_the_cache(isolated, cifar_dir, layers,
+                                                                                  launcher):
+    result = run_cli("-m", f"layer={','.join(layers)}", f"data.path={cifar_dir}", *TINY, *launcher, cwd=isolated)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("tlsweep.kind") == "job"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.params["layer"] for r in children) == layers
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert all(r.info.status == "FINISHED" for r in children)
+    # the jobs ran in worker processes, not in the one that opened the parent run
+    processes = {r.data.tags["tlsweep.process"] for r in children}
+    assert parents[0].data.tags["tlsweep.process"] not in processes
+    # one job ran the CNN for every cut of the sweep; the others read the shared cache
+    forward = sorted(r.data.metrics["cnn_forward_images"] for r in children)
+    assert forward == [0] * (len(layers) - 1) + [IMAGES]
+    table = client.download_artifacts(parents[0].info.run_id, "summary/comparison.csv", str(isolated))
+    assert all(layer in open(table).read() for layer in layers)
+
+
+def test_slurm_preset_is_submitit_slurm_with_its_defaults_and_takes_overrides():
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node) == ("gpu", 2)
+    assert (launcher.timeout_min, launcher.cpus_per_task, launcher.mem_gb, launcher.nodes) == (120, 8, 32, 1)
+    assert launcher.submitit_folder == f"{cfg.hydra.sweep.dir}/.submitit/%j"  # logs next to the sweep's own

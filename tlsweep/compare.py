@@ -1,0 +1,169 @@
+"""`python -m tlsweep.compare`: rebuild the comparison from runs already in MLflow, across sweeps and machines.
+
+Selects job runs by experiment, parent run, machine, class subset or an MLflow search string, then either
+logs the comparison to a new summary run (tag `tlsweep.kind=summary`) or writes it to a folder (`--out`).
+Next to the sweep's own table and plots it writes `by_machine`: one row per configuration (config hash),
+one column per machine, so equal accuracies and differing times sit side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+
+from tlsweep import summary, tracking
+from tlsweep.callbacks import RESUMED_TAG_PREFIX, publish_summary
+from tlsweep.config import default_tracking_uri
+from tlsweep.errors import ConfigError, TlsweepError
+
+log = logging.getLogger("tlsweep.compare")
+
+CONFIG_KEY = ["config_hash", "model", "layer", "classes", "C"]
+MACHINE_VALUES = ["test_accuracy", "val_accuracy", "extraction_seconds", "fit_seconds"]
+
+
+def select_runs(
+    *, experiments: Sequence[str], parent: Optional[str] = None, machines: Sequence[str] = (),
+    classes: Sequence[str] = (), search: str = "",
+) -> list[dict]:
+    """Job runs of `experiments` that match every filter given; a parent brings its resumed runs along."""
+    ids = []
+    for name in experiments:
+        found = tracking.experiment_id(name)
+        if found is None:
+            raise ConfigError(f"no experiment named {name!r} in the tracking store; received --experiment={name}")
+        ids.append(found)
+    clauses = [f"tags.`{tracking.KIND_TAG}` = 'job'"]
+    if parent:
+        clauses.append(f"tags.`{tracking.PARENT_TAG}` = '{_quoted('parent', parent)}'")
+    if search:
+        clauses.append(search)
+    selected: dict[str, dict] = {}
+    # MLflow's search has no OR: one query per (machine, classes) pair the user named
+    for machine, subset in itertools.product(machines or [None], classes or [None]):
+        query = clauses + ([f"tags.machine = '{_quoted('machine', machine)}'"] if machine else [])
+        query += [f"tags.classes = '{_quoted('classes', subset)}'"] if subset else []
+        for run in tracking.find_runs(ids, " and ".join(query)):
+            selected[run["run_id"]] = run
+    if parent:
+        for run in tracking.find_runs(ids, f"attributes.run_id = '{_quoted('parent', parent)}'"):
+            for key, run_id in run["tags"].items():
+                if key.startswith(RESUMED_TAG_PREFIX):
+                    selected.update((r["run_id"], r) for r in tracking.find_runs(ids, f"attributes.run_id = '{run_id}'"))
+    return list(selected.values())
+
+
+def _quoted(option: str, value: str) -> str:
+    if "'" in value:
+        raise ConfigError(f"--{option} cannot contain a single quote; received --{option}={value}")
+    return value
+
+
+def machine_view(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration, a column per (value, machine), and the spread of test accuracy."""
+    done = table[table["status"] == "FINISHED"].fillna({"config_hash": "?", "machine": "?"})
+    if done.empty:
+        return pd.DataFrame()
+    order = done.groupby(CONFIG_KEY, dropna=False)["layer_index"].min().rename("layer_index")
+    # several runs of one configuration on one machine: their mean
+    wide = done.groupby(CONFIG_KEY + ["machine"], dropna=False)[MACHINE_VALUES].mean().unstack("machine")
+    machines = sorted(done["machine"].unique())
+    wide = wide.reindex(columns=pd.MultiIndex.from_product([MACHINE_VALUES, machines]))
+    wide.columns = [f"{value}[{machine}]" for value, machine in wide.columns]
+    accuracy = wide[[f"test_accuracy[{machine}]" for machine in machines]]
+    wide["machines"] = accuracy.notna().sum(axis=1)
+    wide["test_accuracy_spread"] = accuracy.max(axis=1) - accuracy.min(axis=1)
+    wide = wide.join(order).reset_index()
+    return wide.sort_values(["model", "classes", "C", "layer_index", "layer"]).drop(columns="layer_index")
+
+
+def machine_markdown(by_machine: pd.DataFrame) -> str:
+    return by_machine.to_markdown(index=False, floatfmt=".4g") + "\n"
+
+
+def write_folder(folder: Path, table: pd.DataFrame, by_machine: pd.DataFrame) -> None:
+    """The comparison as files: the tables as CSV and markdown, the plots as PNG."""
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "comparison.csv").write_text(table.to_csv(index=False))
+    (folder / "comparison.md").write_text(summary.to_markdown(table))
+    (folder / "by_machine.csv").write_text(by_machine.to_csv(index=False))
+    (folder / "by_machine.md").write_text(machine_markdown(by_machine))
+    for name, figure in {**summary.accuracy_vs_layer(table), **summary.val_accuracy_vs_C(table)}.items():
+        figure.savefig(folder / name)
+        plt.close(figure)
+
+
+def log_summary_run(*, experiment: str, runs: list[dict], by_machine: pd.DataFrame, tags: dict[str, str]) -> str:
+    """A new run (tag tlsweep.kind=summary) holding the comparison, as a sweep's parent holds its own."""
+    run_id = tracking.start_summary_run(
+        experiment_id=tracking.experiment_id(experiment), run_name=f"compare {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        tags=tags,
+    )
+    try:
+        publish_summary(run_id, runs)
+        tracking.log_run_text(run_id, by_machine.to_csv(index=False), "summary/by_machine.csv")
+        tracking.log_run_text(run_id, machine_markdown(by_machine), "summary/by_machine.md")
+    except BaseException:
+        tracking.end_run(run_id, failed=True)
+        raise
+    tracking.end_run(run_id, failed=False)
+    return run_id
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tlsweep.compare",
+        description="Rebuild the comparison table and plots from runs already in MLflow, across sweeps and machines.",
+    )
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    parser.add_argument("--experiment", action="append", help="experiment name, repeatable (default: tlsweep)")
+    parser.add_argument("--parent", help="only the children of this sweep's parent run id")
+    parser.add_argument("--machine", action="append", default=[], help="tag `machine`, repeatable")
+    parser.add_argument("--classes", action="append", default=[],
+                        help="tag `classes` as runs show it (deer,dog,frog,horse,ship,truck), repeatable")
+    parser.add_argument("--filter", default="", help="an MLflow search string, e.g. \"params.layer = 'block4_pool'\"")
+    parser.add_argument("--out", type=Path, help="write the comparison to this folder instead of a summary run")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    args = parse_args(argv)
+    experiments = args.experiment or ["tlsweep"]
+    try:
+        uri = default_tracking_uri(args.tracking_uri, Path.cwd())
+        tracking.open_store(uri)
+        runs = select_runs(experiments=experiments, parent=args.parent, machines=args.machine,
+                           classes=args.classes, search=args.filter)
+        if not runs:
+            raise ConfigError(f"no job runs in {', '.join(experiments)} at {uri} match the filters given")
+        table = summary.comparison_table(runs)
+        by_machine = machine_view(table)
+        if args.out:
+            write_folder(args.out.resolve(), table, by_machine)
+            log.info("comparison of %d runs written to %s", len(table), args.out.resolve())
+        else:
+            tags = {"compare.experiments": ",".join(experiments), "compare.runs": str(len(table)),
+                    "compare.machines": ",".join(sorted(map(str, table["machine"].dropna().unique())))}
+            tags.update({f"compare.{key}": str(value) for key, value in
+                         (("parent", args.parent), ("machine", ",".join(args.machine)),
+                          ("classes", ";".join(args.classes)), ("filter", args.filter)) if value})
+            run_id = log_summary_run(experiment=experiments[0], runs=runs, by_machine=by_machine, tags=tags)
+            log.info("comparison of %d runs logged to summary run %s in %r", len(table), run_id, experiments[0])
+    except TlsweepError as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
