@@ -87,9 +87,10 @@ def _train_and_evaluate(cfg: DictConfig, mlrun: tracking.RunLog) -> float:
                       "n_test": len(test.y)})
 
     estimator = classify.make_classifier(seed=cfg.seed, **_classifier_args(cfg))
-    fit = classify.fit_classifier(estimator=estimator, X=train.X[train_idx], y=train.y[train_idx])
     splits = {"train": (train.X[train_idx], train.y[train_idx]), "val": (train.X[val_idx], train.y[val_idx]),
               "test": (test.X, test.y)}
+    train.X = None  # the split copies hold every row: free the full array before the solver copies its input
+    fit = classify.fit_classifier(estimator=estimator, X=splits["train"][0], y=splits["train"][1])
     reports = report.classification_reports(estimator=fit.estimator, splits=splits, labels=classes, names=names)
 
     metrics = report.report_metrics(reports, names)

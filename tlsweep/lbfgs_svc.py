@@ -37,6 +37,7 @@ class LbfgsSVC(LinearClassifierMixin, BaseEstimator):
         Y = binarizer.fit_transform(y).astype(X.dtype)  # (n, k); k == 1 for two classes
         self.classes_ = binarizer.classes_
         n_features, k = X.shape[1], Y.shape[1]
+        self.n_features_in_ = n_features
 
         def objective(flat: np.ndarray):
             W = flat.reshape(n_features + 1, k).astype(X.dtype)
@@ -46,12 +47,16 @@ class LbfgsSVC(LinearClassifierMixin, BaseEstimator):
             grad = np.vstack([X.T @ G, G.sum(axis=0, keepdims=True)]).astype(np.float64) + flat.reshape(-1, k)
             return loss, grad.ravel()
 
+        start = np.zeros((n_features + 1) * k)
+        # liblinear's rule: stop when the gradient has shrunk by `tol` relative to its value at w = 0. An
+        # absolute tolerance sits below float32 noise on large X, where the line search then fails.
+        gtol = self.tol * float(np.max(np.abs(objective(start)[1])))
         result = minimize(
             objective,
-            np.zeros((n_features + 1) * k),
+            start,
             jac=True,
             method="L-BFGS-B",
-            options={"maxiter": self.max_iter, "gtol": self.tol, "ftol": 1e-12},
+            options={"maxiter": self.max_iter, "gtol": gtol, "ftol": 1e-12},
         )
         W = result.x.reshape(n_features + 1, k)
         self.coef_ = W[:-1].T.astype(X.dtype)

@@ -1,0 +1,286 @@
+"""tlsweep's performance benchmark, in one run: ratios against the seed's way and a hand-written one-pass
+script, a warm sweep, extraction throughput against the FLOP limit, and peak memory on all ten classes.
+
+    .venv/bin/python benchmarks/run.py                        # full size: 30000 train + 6000 test (six classes)
+    .venv/bin/python benchmarks/run.py --train-per-class 1000 # smaller, same steps
+    .venv/bin/python benchmarks/run.py --data /data/cifar-10-batches-py   # real CIFAR-10
+
+Everything it writes goes under benchmarks/results/ (git-ignored); the figures end in results.json and
+results.md there and are printed at the end. Concurrent load on the machine adds noise to the times, so
+compare the ratios, which come from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PYTHON = sys.executable
+LAYERS = ("block3_pool", "block4_pool", "block5_pool")
+TEN = "[0,1,2,3,4,5,6,7,8,9]"
+STEPS = ("seed", "cold", "one_pass", "warm", "throughput")
+
+sys.path.insert(0, str(HERE))
+from cifar_like import write_cifar_like  # noqa: E402
+
+log = logging.getLogger("benchmark")
+
+
+def measured(args: list[str], *, cwd: Path, env: dict, name: str, out: Path) -> dict:
+    """Run a child process; return its wall time, exit status, peak RSS (its own, by wait4) and stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    stdout, stderr = out / f"{name}.out", out / f"{name}.err"
+    log.info("%s: %s", name, " ".join(args))
+    started, t0 = time.time(), time.perf_counter()
+    with stdout.open("w") as so, stderr.open("w") as se:
+        child = subprocess.Popen(args, cwd=cwd, env={**os.environ, **env}, stdout=so, stderr=se)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    result = {"wall_s": wall, "started": started, "rc": child.returncode, "peak_rss_bytes": usage.ru_maxrss * 1024,
+              "stdout": stdout.read_text()}
+    if child.returncode != 0:
+        raise RuntimeError(f"{name} failed with exit status {child.returncode}; see {stderr}:\n"
+                           + stderr.read_text()[-3000:])
+    log.info("%s: %.1f s, peak RSS %.2f GB", name, wall, result["peak_rss_bytes"] / 1e9)
+    return result
+
+
+def last_json(text: str) -> dict:
+    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+
+
+def tlsweep(overrides: list[str], *, workdir: Path, data_path: Path, name: str, out: Path) -> dict:
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "TLSWEEP_CACHE_DIR": str(workdir / "cache"),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    args = [PYTHON, "-m", "tlsweep", *overrides, f"data.path={data_path}", "model.weights=null"]
+    return measured(args, cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)}, name=name, out=out)
+
+
+def sweep_children(workdir: Path) -> list[dict]:
+    """Metrics and params of the job runs of the newest sweep in `workdir`'s MLflow store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tlsweep")
+    runs = client.search_runs([experiment.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
+    parents = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return [{"layer": r.data.params["layer"], "C": float(r.data.params["classifier.C"]), "status": r.info.status,
+             **{k: r.data.metrics.get(k) for k in ("cnn_forward_images", "extraction_seconds", "fit_seconds",
+                                                   "total_seconds", "test_accuracy", "converged")}}
+            for r in children]
+
+
+def startup_seconds(result: dict) -> float:
+    """Process start to Hydra launching the first job: imports, config, MLflow store and parent run."""
+    for line in result["stdout"].splitlines():
+        if "][HYDRA] \t#0 : " in line:
+            stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+            return stamp.timestamp() - result["started"]
+    return math.nan
+
+
+def split(result: dict, children: list[dict]) -> dict:
+    extraction = sum(c["extraction_seconds"] for c in children)
+    fits = sum(c["fit_seconds"] for c in children)
+    return {"total_s": result["wall_s"], "extraction_s": extraction, "fit_s": fits,
+            "overhead_s": result["wall_s"] - extraction - fits, "startup_s": startup_seconds(result),
+            "peak_rss_bytes": result["peak_rss_bytes"],
+            "cnn_forward_images": sum(c["cnn_forward_images"] for c in children), "runs": children}
+
+
+def script_split(result: dict) -> dict:
+    body = last_json(result["stdout"])
+    return {"total_s": result["wall_s"], "extraction_s": body["extraction_s"], "fit_s": body["fit_s"],
+            "overhead_s": result["wall_s"] - body["extraction_s"] - body["fit_s"],
+            "peak_rss_bytes": result["peak_rss_bytes"], "images": body["images"], "layers": body["layers"]}
+
+
+def fresh(folder: Path) -> Path:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def cache_folder(workdir: Path) -> Path:
+    return next(p for p in (workdir / "cache").iterdir() if p.is_dir())
+
+
+def six_class(data_path: Path, out: Path, steps: list[str]) -> dict:
+    layers = ",".join(LAYERS)
+    results = {}
+    common = ["--data", str(data_path), "--layers", layers]
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    if "seed" in steps:
+        run = measured([PYTHON, str(HERE / "seed_style.py"), *common], cwd=HERE, env=env, name="seed_style", out=out)
+        results["seed_style"] = script_split(run)
+    work = fresh(out / "tlsweep-six")
+    if "cold" in steps:
+        cold = tlsweep(["-m", f"layer={layers}"], workdir=work, data_path=data_path, name="tlsweep_cold", out=out)
+        results["tlsweep_cold"] = split(cold, sweep_children(work))
+    if "one_pass" in steps:
+        run = measured([PYTHON, str(HERE / "one_pass.py"), *common], cwd=HERE, env=env, name="one_pass", out=out)
+        results["one_pass"] = script_split(run)
+    if "warm" in steps:
+        if "cold" not in steps:
+            raise SystemExit("--steps: warm needs cold, which fills the cache")
+        warm = tlsweep(["-m", f"layer={layers}", "classifier.C=0.01,0.03,0.1"], workdir=work, data_path=data_path,
+                       name="tlsweep_warm", out=out)
+        results["tlsweep_warm"] = split(warm, sweep_children(work))
+    if "throughput" in steps:
+        run = measured([PYTHON, str(HERE / "throughput.py"), "--data", str(data_path)], cwd=HERE,
+                       env={**env, "PYTHONPATH": str(ROOT)}, name="throughput", out=out)
+        results["throughput"] = last_json(run["stdout"])
+    return results
+
+
+def ten_class(data_path: Path, out: Path, max_iter: int) -> dict:
+    """Peak RSS of tlsweep on all ten classes at the three cuts, and at block2_pool with both classifiers."""
+    work = fresh(out / "tlsweep-ten")
+    results = {}
+    sweep = tlsweep(["-m", f"layer={','.join(LAYERS)}", f"data.classes={TEN}", f"classifier.max_iter={max_iter}"],
+                    workdir=work, data_path=data_path, name="ten_three_cuts", out=out)
+    results["three_cuts"] = split(sweep, sweep_children(work))
+    for classifier in ("linear_svc", "lbfgs_svc"):
+        run = tlsweep(["-m", "layer=block2_pool", f"data.classes={TEN}", f"classifier.max_iter={max_iter}",
+                       f"classifier.name={classifier}"], workdir=work, data_path=data_path,
+                      name=f"ten_block2_pool_{classifier}", out=out)
+        results[f"block2_pool_{classifier}"] = split(run, sweep_children(work))
+    copies = {}
+    for layer in ("block2_pool", *LAYERS):
+        for estimator in ("linear_svc", "lbfgs_svc"):
+            run = measured([PYTHON, str(HERE / "svc_memory.py"), "--cache-folder", str(cache_folder(work)),
+                            "--layer", layer, "--estimator", estimator], cwd=HERE, env={"PYTHONPATH": str(ROOT)},
+                           name=f"svc_memory_{layer}_{estimator}", out=out)
+            copies[f"{layer}/{estimator}"] = last_json(run["stdout"])
+    results["fit_copies"] = copies
+    results["max_iter"] = max_iter
+    return results
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown")
+    memory = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), "0")
+    return {"nproc": os.cpu_count(), "cpu": model, "mem_gib": round(int(memory) / 2**20, 1), "gpu": "none"}
+
+
+def gb(value: float) -> str:
+    return f"{value / 1e9:.2f} GB"
+
+
+def report(results: dict) -> str:
+    """The figures as markdown: the tables the README's Performance section quotes."""
+    lines = [f"machine: {results['machine']}", f"data: {results['data']}", ""]
+    six = results.get("six") or {}
+    rows = [(label, six[key]) for key, label in (
+        ("seed_style", "seed-style script (3 cut models)"), ("tlsweep_cold", "tlsweep cold, 3 cuts"),
+        ("one_pass", "hand-written one pass"), ("tlsweep_warm", "tlsweep warm, 3 cuts x 3 C")) if key in six]
+    if rows:
+        lines += ["| run | total s | extraction s | fits s | overhead s | of which startup s | peak RSS |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in rows:
+            lines.append(f"| {name} | {row['total_s']:.1f} | {row['extraction_s']:.1f} | {row['fit_s']:.1f} | "
+                         f"{row['overhead_s']:.1f} | {row.get('startup_s', math.nan):.1f} | "
+                         f"{gb(row['peak_rss_bytes'])} |")
+        lines.append("")
+    seed, cold, one, warm = (six.get(key) for key in ("seed_style", "tlsweep_cold", "one_pass", "tlsweep_warm"))
+    if seed and cold:
+        lines.append(f"- seed-style / tlsweep cold, end to end: **{seed['total_s'] / cold['total_s']:.2f}x**"
+                     f" (extraction alone: {seed['extraction_s'] / cold['extraction_s']:.2f}x)")
+    if cold and one:
+        lines.append(f"- tlsweep cold / hand-written one pass: **{cold['total_s'] / one['total_s']:.3f}**"
+                     f" (overhead {100 * (cold['total_s'] / one['total_s'] - 1):+.1f}%)")
+    if warm:
+        lines.append(f"- warm sweep: {len(warm['runs'])} runs, cnn_forward_images per run "
+                     f"{sorted({int(r['cnn_forward_images']) for r in warm['runs']})} (read back from MLflow)"
+                     + (f", cold sweep total {int(cold['cnn_forward_images'])}" if cold else ""))
+    tp = six.get("throughput")
+    if tp:
+        best = max(tp["matmul_gflops"].values())
+        nominal = tp["nominal"]["gflops"]
+        lines += [
+            "",
+            f"throughput on {tp['images']} images, batch {tp['batch_size']}, {tp['keras_backend']} backend; "
+            f"GMAC/image {', '.join(f'{k} {v:.3f}' for k, v in tp['gmac_per_image'].items())}; "
+            f"float32 matmul {', '.join(f'{k} {v:.0f}' for k, v in tp['matmul_gflops'].items())} GFLOP/s; "
+            f"nominal {nominal:.0f} GFLOP/s ({tp['nominal']['cores']} cores x {tp['nominal']['mhz']} MHz x 64)",
+            "",
+            "| extraction | images/s | GFLOP/s (to block5_pool) | share of matmul | share of nominal |",
+            "|---|---|---|---|---|",
+        ]
+        for name, label in (("predict_block5_pool", "`predict`, block5_pool cut, warm"),
+                            ("predict_three_outputs_cold", "`predict`, 3-output model, first call"),
+                            ("predict_three_outputs", "`predict`, 3-output model, warm"),
+                            ("tlsweep_extraction", "tlsweep `extract_features`, 3 cuts, cold cache")):
+            lines.append(f"| {label} | {tp[f'{name}_images_per_s']:.0f} | {tp[f'{name}_gflops']:.0f} | "
+                         f"{tp[f'{name}_gflops'] / best:.0%} | {tp[f'{name}_gflops'] / nominal:.0%} |")
+    ten = results.get("ten")
+    if ten:
+        three = ten["three_cuts"]
+        lines += ["", f"all ten classes (classifier.max_iter={ten['max_iter']}):", "",
+                  "| run | total s | peak RSS |", "|---|---|---|",
+                  f"| tlsweep cold, 3 cuts, linear_svc | {three['total_s']:.1f} | {gb(three['peak_rss_bytes'])} |"]
+        for name in ("linear_svc", "lbfgs_svc"):
+            row = ten[f"block2_pool_{name}"]
+            lines.append(f"| tlsweep block2_pool, {name} | {row['total_s']:.1f} | {gb(row['peak_rss_bytes'])} |")
+        lines += ["", "| cut | features | train X float32 | nonzero | LinearSVC adds | LbfgsSVC adds |",
+                  "|---|---|---|---|---|---|"]
+        for layer in ("block2_pool", *LAYERS):
+            lin, lb = ten["fit_copies"][f"{layer}/linear_svc"], ten["fit_copies"][f"{layer}/lbfgs_svc"]
+            lines.append(f"| {layer} | {lin['n']} x {lin['d']} | {gb(lin['features_bytes'])} | "
+                         f"{lin['nonzero_share']:.0%} | {gb(lin['fit_added_bytes'])} | {gb(lb['fit_added_bytes'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="a real cifar-10-batches-py folder; default: generated images")
+    parser.add_argument("--train-per-class", type=int, default=5000, help="generated train images per class")
+    parser.add_argument("--test-per-class", type=int, default=1000, help="generated test images per class")
+    parser.add_argument("--skip-six", action="store_true", help="skip the six-class comparisons (1-4)")
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help=f"six-class steps to run, comma-separated, from {','.join(STEPS)} (default: all)")
+    parser.add_argument("--skip-ten", action="store_true", help="skip the ten-class memory study (5)")
+    parser.add_argument("--ten-max-iter", type=int, default=20,
+                        help="classifier.max_iter in the ten-class memory runs (the copies do not depend on it)")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.out = args.out.resolve()
+
+    if args.data:
+        data_path, data = args.data.resolve(), f"CIFAR-10 at {args.data}"
+    else:
+        folder = args.out / f"data-{args.train_per_class}-{args.test_per_class}"
+        data_path = write_cifar_like(folder, train_per_class=args.train_per_class, test_per_class=args.test_per_class)
+        data = (f"generated CIFAR-10-format images, {args.train_per_class} train + {args.test_per_class} test per "
+                f"class (six classes: {6 * args.train_per_class} train + {6 * args.test_per_class} test; "
+                f"ten: {10 * (args.train_per_class + args.test_per_class)} images)")
+    out = args.out / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = {"machine": machine(), "data": data, "command": " ".join(sys.argv)}
+    if not args.skip_six:
+        results["six"] = six_class(data_path, out, args.steps.split(","))
+    if not args.skip_ten:
+        results["ten"] = ten_class(data_path, out, args.ten_max_iter)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    text = report(results)
+    (out / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
