@@ -134,6 +134,7 @@ CASES = {
     "batch-size-zero": (["model.batch_size=0"], ["received model.batch_size=0", ">= 1"]),
     "seed-negative": (["seed=-1"], ["received seed=-1", "2**32 - 1"]),
     "image-size-too-small": (["data.image_size=8"], ["received data.image_size=8", "at least 32x32"]),
+    "image-size-zero": (["data.image_size=0"], ["received data.image_size=0", "positive size"]),
     "unknown-data-name": (["data.name=imagenet"], ["received data.name='imagenet'", "cifar10", "digits"]),
 }
 

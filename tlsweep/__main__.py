@@ -66,6 +66,8 @@ def _train_and_evaluate(cfg: DictConfig, mlrun: tracking.RunLog) -> float:
     start = time.perf_counter()
     if not 0 <= cfg.seed < 2**32:  # what numpy, Keras and scikit-learn accept
         raise ConfigError(f"seed should be an integer in [0, 2**32 - 1]; received seed={cfg.seed}")
+    if cfg.data.image_size is not None and cfg.data.image_size < 1:
+        raise ConfigError(f"data.image_size should be null or a positive size; received data.image_size={cfg.data.image_size}")
     classify.validate_classifier(**_classifier_args(cfg))
     cache_root = cache.ensure_writable(default_cache_dir(cfg.cache_dir))
     dataset = data.load_dataset(name=cfg.data.name, path=cfg.data.path)
@@ -77,7 +79,8 @@ def _train_and_evaluate(cfg: DictConfig, mlrun: tracking.RunLog) -> float:
     sweep_layers = [layer for layer in os.environ.get(LAYERS_ENV, "").split(",") if layer]
     common = dict(
         dataset=dataset, layer=cfg.layer, classes=classes, backbone=cfg.model.name, weights=cfg.model.weights,
-        seed=cfg.seed, input_size=cfg.data.image_size or dataset.train.images.shape[1],
+        seed=cfg.seed,
+        input_size=dataset.train.images.shape[1] if cfg.data.image_size is None else cfg.data.image_size,
         batch_size=cfg.model.batch_size, cache_root=cache_root, sweep_layers=sweep_layers,
     )
     train = features.extract_features(image_set="train", **common)

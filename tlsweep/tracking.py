@@ -63,8 +63,8 @@ def _probe(uri: str) -> None:
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise ConfigError(
-            f"tracking.uri={uri!r} is unreachable ({reason}); start the server, or unset "
-            "MLFLOW_TRACKING_URI to log to ./mlflow.db"
+            f"tracking.uri={uri!r} is unreachable ({reason}); start the server, or leave tracking.uri "
+            "null and MLFLOW_TRACKING_URI unset to log to ./mlflow.db"
         ) from None
 
 
