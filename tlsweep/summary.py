@@ -70,6 +70,15 @@ def _slug(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(str(part) for part in parts)).strip("_")
 
 
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.figure.tight_layout()
+
+
 def accuracy_vs_layer(table: pd.DataFrame) -> dict[str, plt.Figure]:
     """Train, val and test accuracy against the cut layer (the seed's Figures 13-15), per model, classes and C."""
     figures = {}
@@ -80,12 +89,7 @@ def accuracy_vs_layer(table: pd.DataFrame) -> dict[str, plt.Figure]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for column, marker in zip(SPLIT_COLUMNS, "osd"):
             ax.plot(group["layer"], group[column], marker=marker, label=column.split("_")[0])
-        ax.set_xlabel("cut layer (input → output)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{model}, classes {classes}, C={C:g}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
+        _label(ax, "cut layer (input → output)", "accuracy", f"{model}, classes {classes}, C={C:g}")
         figures[f"accuracy_vs_layer-{_slug(model, classes, f'C{C:g}')}.png"] = fig
     return figures
 
@@ -102,11 +106,6 @@ def val_accuracy_vs_C(table: pd.DataFrame) -> dict[str, plt.Figure]:
             points = by_layer.groupby("C")["val_accuracy"].mean()
             ax.plot(points.index, points.values, marker="o", label=layer)
         ax.set_xscale("log")
-        ax.set_xlabel("C")
-        ax.set_ylabel("val accuracy")
-        ax.set_title(f"{model}, classes {classes}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
+        _label(ax, "C", "val accuracy", f"{model}, classes {classes}")
         figures[f"val_accuracy_vs_C-{_slug(model, classes)}.png"] = fig
     return figures
