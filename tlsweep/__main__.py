@@ -86,13 +86,13 @@ def _train_and_evaluate(cfg: DictConfig, mlrun: tracking.RunLog) -> float:
     train = features.extract_features(image_set="train", **common)
     test = features.extract_features(image_set="test", **common)
     mlrun.set_tags({"data.fingerprint": dataset.fingerprint, "weights.fingerprint": train.weights_id})
-    mlrun.log_params({"feature_dim": train.X.shape[1], "n_train": len(train_idx), "n_val": len(val_idx),
+    mlrun.log_params({"feature_dim": train.dim, "n_train": len(train_idx), "n_val": len(val_idx),
                       "n_test": len(test.y)})
 
     estimator = classify.make_classifier(seed=cfg.seed, **_classifier_args(cfg))
-    splits = {"train": (train.X[train_idx], train.y[train_idx]), "val": (train.X[val_idx], train.y[val_idx]),
+    # gathered straight from the per-class cache files: the whole train set is never in memory twice
+    splits = {"train": (train.take(train_idx), train.y[train_idx]), "val": (train.take(val_idx), train.y[val_idx]),
               "test": (test.X, test.y)}
-    train.X = None  # the split copies hold every row: free the full array before the solver copies its input
     fit = classify.fit_classifier(estimator=estimator, X=splits["train"][0], y=splits["train"][1])
     reports = report.classification_reports(estimator=fit.estimator, splits=splits, labels=classes, names=names)
 

@@ -36,15 +36,46 @@ class FeatureKey:
 
 @dataclass
 class Features:
-    """Features and labels of one image set for a class subset, in the order of `classes`."""
+    """Features and labels of one image set for a class subset, in the order of `classes`.
 
-    X: np.ndarray
+    The features stay in the cache's per-class files until asked for: `take` gathers rows class by class,
+    so a split never holds all classes twice (once joined, once split), which decides the peak memory of
+    wide cuts on all of CIFAR-10.
+    """
+
+    parts: list  # one memory-mapped (n_class, dim) float32 array per class; their pages are not read here
     y: np.ndarray
     weights_id: str
     layer_index: int  # position of the cut in the backbone, input first
     extraction_seconds: float = 0.0
     cnn_images: int = 0  # images that went through the CNN for this call (0 on a warm cache)
     layers_computed: list = field(default_factory=list)
+
+    @property
+    def dim(self) -> int:
+        return int(self.parts[0].shape[1])
+
+    @property
+    def X(self) -> np.ndarray:
+        """Every row, joined in memory."""
+        return self.take(np.arange(len(self.y)))
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows at positions `rows` (class order), read one class file at a time into one new array."""
+        rows = np.asarray(rows)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        bounds = np.cumsum([0] + [len(part) for part in self.parts])
+        for k, part in enumerate(self.parts):
+            lo, hi = np.searchsorted(ordered, [bounds[k], bounds[k + 1]])
+            if lo < hi:
+                # a plain read, not the mapping: the class block is freed once copied, and the mapped
+                # pages never become part of this process's resident memory
+                block = np.load(part.filename)
+                out[order[lo:hi]] = block[ordered[lo:hi] - bounds[k]]
+                del block
+        return out
 
 
 def _entry_name(image_set: str, layer: str, label: int) -> str:
@@ -92,10 +123,9 @@ def extract_features(
                     folder, images, image_set, wanted, classes, model, backbone, input_size, batch_size
                 )
                 found = _load(folder, image_set, layer, classes)
-    X = np.concatenate(found)
     y = np.concatenate([np.full(len(part), label, dtype=np.int64) for part, label in zip(found, classes)])
     layer_index = json.loads((folder / "layers.json").read_text()).index(layer)
-    return Features(X, y, key.weights_id, layer_index, time.perf_counter() - start, cnn_images, computed)
+    return Features(found, y, key.weights_id, layer_index, time.perf_counter() - start, cnn_images, computed)
 
 
 def _load(folder: Path, image_set: str, layer: str, classes: Sequence[int]) -> Optional[list[np.ndarray]]:
@@ -104,7 +134,7 @@ def _load(folder: Path, image_set: str, layer: str, classes: Sequence[int]) -> O
         entry = cache.load_entry(folder, _entry_name(image_set, layer, label))
         if entry is None:
             return None
-        parts.append(entry.reshape(len(entry), -1))
+        parts.append(entry)
     return parts
 
 
