@@ -48,6 +48,16 @@ def swept_values(overrides: list[str], key: str) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def resumed_runs(experiment_ids: list[str], parent_run_id: str) -> list[dict]:
+    """The FINISHED runs a `resume=true` sweep reused instead of re-running; its parent tags name them."""
+    found = []
+    for parent in tracking.runs(experiment_ids, f"attributes.run_id = '{parent_run_id}'"):
+        for key, run_id in parent["tags"].items():
+            if key.startswith(RESUMED_TAG_PREFIX):
+                found += tracking.runs(experiment_ids, f"attributes.run_id = '{run_id}'")
+    return found
+
+
 def publish_summary(run_id: str, runs: list[dict]) -> "summary.pd.DataFrame":
     """Log the comparison table (CSV, markdown) and plots to `run_id`."""
     table = summary.comparison_table(runs)
@@ -112,11 +122,7 @@ class MLflowSweepCallback(Callback):
         if not self.parent_run_id:
             return
         runs = tracking.runs([self.experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{self.parent_run_id}'")
-        parent = tracking.runs([self.experiment_id], f"attributes.run_id = '{self.parent_run_id}'")
-        resumed = [value for key, value in (parent[0]["tags"] if parent else {}).items()
-                   if key.startswith(RESUMED_TAG_PREFIX)]
-        for run_id in resumed:
-            runs += tracking.runs([self.experiment_id], f"attributes.run_id = '{run_id}'")
+        runs += resumed_runs([self.experiment_id], self.parent_run_id)
         table = publish_summary(self.parent_run_id, runs)
         failed = [] if table.empty else table[table["status"] != "FINISHED"]
         if getattr(self, "_owns_parent", True):

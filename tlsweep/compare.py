@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from tlsweep import summary, tracking
-from tlsweep.callbacks import RESUMED_TAG_PREFIX, publish_summary
+from tlsweep.callbacks import publish_summary, resumed_runs
 from tlsweep.config import default_tracking_uri
 from tlsweep.errors import ConfigError, TlsweepError
 
@@ -52,11 +52,8 @@ def select_runs(
         query += [f"tags.classes = '{_quoted('classes', subset)}'"] if subset else []
         for run in tracking.find_runs(ids, " and ".join(query)):
             selected[run["run_id"]] = run
-    if parent:
-        for run in tracking.find_runs(ids, f"attributes.run_id = '{_quoted('parent', parent)}'"):
-            for key, run_id in run["tags"].items():
-                if key.startswith(RESUMED_TAG_PREFIX):
-                    selected.update((r["run_id"], r) for r in tracking.find_runs(ids, f"attributes.run_id = '{run_id}'"))
+    if parent:  # already checked by the children's query above
+        selected.update((run["run_id"], run) for run in resumed_runs(ids, parent))
     return list(selected.values())
 
 

@@ -33,9 +33,7 @@ KIND_TAG = "tlsweep.kind"  # "sweep" for parents, "job" for children, "summary" 
 
 def connect(uri: str, experiment: str) -> str:
     """Point MLflow at `uri` and return the experiment's id, creating it on first use."""
-    if uri.startswith(("http://", "https://")):
-        _probe(uri)
-    mlflow.set_tracking_uri(uri)
+    open_store(uri)
     try:
         with _sqlite_lock(uri):  # the first process creates the schema; the others wait instead of racing it
             found = mlflow.get_experiment_by_name(experiment)
@@ -125,13 +123,16 @@ def job_run(
 
 def start_sweep_run(*, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> str:
     """The parent of a multirun. It spans Hydra callbacks, so it is closed by `end_run`."""
-    tags = {**tags, KIND_TAG: "sweep", PROCESS_TAG: provenance.process_id(), "mlflow.runName": run_name}
-    return MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+    return _create_run(experiment_id=experiment_id, run_name=run_name, tags=tags, kind="sweep")
 
 
 def start_summary_run(*, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> str:
     """A run that holds a comparison rebuilt by `tlsweep.compare`; closed by `end_run`."""
-    tags = {**tags, KIND_TAG: "summary", PROCESS_TAG: provenance.process_id(), "mlflow.runName": run_name}
+    return _create_run(experiment_id=experiment_id, run_name=run_name, tags=tags, kind="summary")
+
+
+def _create_run(*, experiment_id: str, run_name: str, tags: Mapping[str, str], kind: str) -> str:
+    tags = {**tags, KIND_TAG: kind, PROCESS_TAG: provenance.process_id(), "mlflow.runName": run_name}
     return MlflowClient().create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
 
 
