@@ -63,6 +63,27 @@ def load_cifar_batches(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_test, y_test
 
 
+def load_classes(folder: Path, classes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`load_cifar_batches`, keeping only `classes`."""
+    x_train, y_train, x_test, y_test = load_cifar_batches(folder)
+    keep, keep_test = np.isin(y_train, classes), np.isin(y_test, classes)
+    return x_train[keep], y_train[keep], x_test[keep_test], y_test[keep_test]
+
+
+def reference_args(description: str) -> argparse.Namespace:
+    """The options of both reference scripts (benchmarks/seed_style.py and one_pass.py)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, required=True, help="a cifar-10-batches-py folder")
+    parser.add_argument("--layers", default="block3_pool,block4_pool,block5_pool")
+    parser.add_argument("--classes", default="4,5,6,7,8,9")
+    parser.add_argument("--C", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+    args.classes = [int(c) for c in args.classes.split(",")]
+    args.layers = args.layers.split(",")
+    return args
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)

@@ -5,10 +5,8 @@ No tracking, reports or plots: the floor that tlsweep's overhead is measured aga
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 start = time.perf_counter()
 
@@ -18,37 +16,26 @@ from keras.applications.vgg16 import VGG16, preprocess_input  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 from sklearn.svm import LinearSVC  # noqa: E402
 
-from cifar_like import load_cifar_batches  # noqa: E402
+from cifar_like import load_classes, reference_args  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="a cifar-10-batches-py folder")
-    parser.add_argument("--layers", default="block3_pool,block4_pool,block5_pool")
-    parser.add_argument("--classes", default="4,5,6,7,8,9")
-    parser.add_argument("--C", type=float, default=0.1)
-    parser.add_argument("--batch-size", type=int, default=256)
-    args = parser.parse_args()
-    classes = [int(c) for c in args.classes.split(",")]
-    layers = args.layers.split(",")
-
-    x_train, y_train, x_test, y_test = load_cifar_batches(args.data)
-    keep, keep_test = np.isin(y_train, classes), np.isin(y_test, classes)
-    x_train, y_train, x_test, y_test = x_train[keep], y_train[keep], x_test[keep_test], y_test[keep_test]
+    args = reference_args(__doc__.splitlines()[0])
+    x_train, y_train, x_test, y_test = load_classes(args.data, args.classes)
 
     t0 = time.perf_counter()
     keras.utils.set_random_seed(0)
     base = VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
-    model = keras.Model(inputs=base.input, outputs=[base.get_layer(layer).output for layer in layers])
+    model = keras.Model(inputs=base.input, outputs=[base.get_layer(layer).output for layer in args.layers])
     x_all = preprocess_input(np.concatenate([x_train, x_test]).astype("float32"))
     outputs = model.predict(x_all, batch_size=args.batch_size, verbose=0)
-    features = {layer: out.reshape(len(out), -1) for layer, out in zip(layers, outputs)}
+    features = {layer: out.reshape(len(out), -1) for layer, out in zip(args.layers, outputs)}
     extraction = time.perf_counter() - t0
 
     n = len(x_train)
     tr, val = train_test_split(np.arange(n), test_size=0.2, stratify=y_train, random_state=0)
     per_layer, fitting = {}, 0.0
-    for layer in layers:
+    for layer in args.layers:
         X = features[layer]
         t1 = time.perf_counter()
         svc = LinearSVC(C=args.C, random_state=0).fit(X[tr], y_train[tr])

@@ -5,10 +5,8 @@ Prints one JSON line with the time spent extracting, fitting and in total, per l
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 start = time.perf_counter()
 
@@ -18,26 +16,16 @@ from keras.applications.vgg16 import VGG16, preprocess_input  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 from sklearn.svm import LinearSVC  # noqa: E402
 
-from cifar_like import load_cifar_batches  # noqa: E402
+from cifar_like import load_classes, reference_args  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="a cifar-10-batches-py folder")
-    parser.add_argument("--layers", default="block3_pool,block4_pool,block5_pool")
-    parser.add_argument("--classes", default="4,5,6,7,8,9")
-    parser.add_argument("--C", type=float, default=0.1)
-    parser.add_argument("--batch-size", type=int, default=256)
-    args = parser.parse_args()
-    classes = [int(c) for c in args.classes.split(",")]
-
-    x_train, y_train, x_test, y_test = load_cifar_batches(args.data)
-    keep, keep_test = np.isin(y_train, classes), np.isin(y_test, classes)
-    x_train, y_train, x_test, y_test = x_train[keep], y_train[keep], x_test[keep_test], y_test[keep_test]
+    args = reference_args(__doc__.splitlines()[0])
+    x_train, y_train, x_test, y_test = load_classes(args.data, args.classes)
     x_tr, x_val, y_tr, y_val = train_test_split(x_train, y_train, test_size=0.2, stratify=y_train, random_state=0)
 
     per_layer, extraction, fitting = {}, 0.0, 0.0
-    for layer in args.layers.split(","):
+    for layer in args.layers:
         t0 = time.perf_counter()
         keras.utils.set_random_seed(0)
         base = VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
