@@ -1,34 +1,26 @@
 """A careful hand-written one-pass sweep: one multi-output model, one `predict`, then a LinearSVC per cut.
 
 No tracking, reports or plots: the floor that tlsweep's overhead is measured against. Prints one JSON line.
+
+    .venv/bin/python -m benchmarks.one_pass --data FOLDER/cifar-10-batches-py
 """
 
 from __future__ import annotations
 
-import json
-import time
+from benchmarks import reference  # first: it starts the clock before the heavy imports
 
-start = time.perf_counter()
+import time  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras.applications.vgg16 import VGG16, preprocess_input  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
-from sklearn.svm import LinearSVC  # noqa: E402
-
-from cifar_like import load_classes, reference_args  # noqa: E402
 
 
-def main() -> None:
-    args = reference_args(__doc__.splitlines()[0])
-    x_train, y_train, x_test, y_test = load_classes(args.data, args.classes)
-
+def sweep(args, x_train, y_train, x_test, y_test) -> tuple[float, float, dict]:
     t0 = time.perf_counter()
-    keras.utils.set_random_seed(0)
-    base = VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    base = reference.vgg16()
     model = keras.Model(inputs=base.input, outputs=[base.get_layer(layer).output for layer in args.layers])
-    x_all = preprocess_input(np.concatenate([x_train, x_test]).astype("float32"))
-    outputs = model.predict(x_all, batch_size=args.batch_size, verbose=0)
+    outputs = reference.predict(model, np.concatenate([x_train, x_test]), args.batch_size)
     features = {layer: out.reshape(len(out), -1) for layer, out in zip(args.layers, outputs)}
     extraction = time.perf_counter() - t0
 
@@ -37,16 +29,12 @@ def main() -> None:
     per_layer, fitting = {}, 0.0
     for layer in args.layers:
         X = features[layer]
-        t1 = time.perf_counter()
-        svc = LinearSVC(C=args.C, random_state=0).fit(X[tr], y_train[tr])
-        fit = time.perf_counter() - t1
+        svc, fit = reference.linear_svc(X[tr], y_train[tr], args.C)
         fitting += fit
         per_layer[layer] = {"fit_s": fit, "features": X.shape[1], "train": float(svc.score(X[tr], y_train[tr])),
                             "val": float(svc.score(X[val], y_train[val])), "test": float(svc.score(X[n:], y_test))}
-    total = time.perf_counter() - start
-    print(json.dumps({"images": len(x_all), "extraction_s": extraction, "fit_s": fitting, "total_s": total,
-                      "layers": per_layer}))
+    return extraction, fitting, per_layer
 
 
 if __name__ == "__main__":
-    main()
+    reference.main(__doc__, sweep)

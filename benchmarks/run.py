@@ -1,9 +1,11 @@
 """tlsweep's performance benchmark, in one run: ratios against the seed's way and a hand-written one-pass
 script, a warm sweep, extraction throughput against the FLOP limit, and peak memory on all ten classes.
 
-    .venv/bin/python benchmarks/run.py                        # full size: 30000 train + 6000 test (six classes)
-    .venv/bin/python benchmarks/run.py --train-per-class 1000 # smaller, same steps
-    .venv/bin/python benchmarks/run.py --data /data/cifar-10-batches-py   # real CIFAR-10
+Run it from the repository root:
+
+    .venv/bin/python -m benchmarks.run                        # full size: 30000 train + 6000 test (six classes)
+    .venv/bin/python -m benchmarks.run --train-per-class 1000 # smaller, same steps
+    .venv/bin/python -m benchmarks.run --data /data/cifar-10-batches-py   # real CIFAR-10
 
 Everything it writes goes under benchmarks/results/ (git-ignored); the figures end in results.json and
 results.md there and are printed at the end. Concurrent load on the machine adds noise to the times, so
@@ -21,20 +23,23 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Callable, NamedTuple
+
+from tabulate import tabulate
+
+from benchmarks.cifar_like import write_cifar_like
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYTHON = sys.executable
 LAYERS = ("block3_pool", "block4_pool", "block5_pool")
 TEN = "[0,1,2,3,4,5,6,7,8,9]"
-STEPS = ("seed", "cold", "one_pass", "warm", "throughput")
+QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
-sys.path.insert(0, str(HERE))
-from cifar_like import write_cifar_like  # noqa: E402
-
-log = logging.getLogger("benchmark")
+log = logging.getLogger(__name__)
 
 
 def measured(args: list[str], *, cwd: Path, env: dict, name: str, out: Path) -> dict:
@@ -57,13 +62,18 @@ def measured(args: list[str], *, cwd: Path, env: dict, name: str, out: Path) -> 
     return result
 
 
+def script(module: str, args: list[str], *, name: str, out: Path, env: dict | None = None) -> dict:
+    """`python -m benchmarks.MODULE ARGS` from the repository root, measured."""
+    return measured([PYTHON, "-m", f"benchmarks.{module}", *args], cwd=ROOT, env=env or {}, name=name, out=out)
+
+
 def last_json(text: str) -> dict:
     return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
 def tlsweep(overrides: list[str], *, workdir: Path, data_path: Path, name: str, out: Path) -> dict:
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "TLSWEEP_CACHE_DIR": str(workdir / "cache"),
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+           **QUIET}
     args = [PYTHON, "-m", "tlsweep", *overrides, f"data.path={data_path}", "model.weights=null"]
     return measured(args, cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)}, name=name, out=out)
 
@@ -118,32 +128,61 @@ def cache_folder(workdir: Path) -> Path:
     return next(p for p in (workdir / "cache").iterdir() if p.is_dir())
 
 
+@dataclass(frozen=True)
+class SixClass:
+    """What the six-class steps share: the data, the output folder, and the sweeps' store and cache."""
+
+    data_path: Path
+    out: Path
+    work: Path
+
+    def reference(self, module: str) -> dict:
+        args = ["--data", str(self.data_path), "--layers", ",".join(LAYERS)]
+        return script_split(script(module, args, name=module, out=self.out, env=QUIET))
+
+    def sweep(self, overrides: list[str], name: str) -> dict:
+        run = tlsweep(["-m", f"layer={','.join(LAYERS)}", *overrides], workdir=self.work, data_path=self.data_path,
+                      name=name, out=self.out)
+        return split(run, sweep_children(self.work))
+
+
+def throughput(six: SixClass) -> dict:
+    run = script("throughput", ["--data", str(six.data_path)], name="throughput", out=six.out, env=QUIET)
+    return last_json(run["stdout"])
+
+
+class Step(NamedTuple):
+    key: str  # where its figures go in results["six"]
+    run: Callable[[SixClass], dict]
+    needs: tuple[str, ...] = ()  # steps that must run before it
+
+
+# the six-class steps by their --steps name, in the order they run
+SIX_STEPS = {
+    "seed": Step("seed_style", lambda six: six.reference("seed_style")),
+    "cold": Step("tlsweep_cold", lambda six: six.sweep([], "tlsweep_cold")),
+    "one_pass": Step("one_pass", lambda six: six.reference("one_pass")),
+    "warm": Step("tlsweep_warm", lambda six: six.sweep(["classifier.C=0.01,0.03,0.1"], "tlsweep_warm"), ("cold",)),
+    "throughput": Step("throughput", throughput),
+}
+
+
+def chosen_steps(text: str) -> list[str]:
+    """--steps as a list in run order; unknown names and missing prerequisites stop before anything runs."""
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in SIX_STEPS]
+    if unknown:
+        raise SystemExit(f"--steps should name steps from {','.join(SIX_STEPS)}; received {unknown}")
+    for name in names:
+        missing = [need for need in SIX_STEPS[name].needs if need not in names]
+        if missing:
+            raise SystemExit(f"--steps: {name} needs {','.join(missing)}, which fills the cache")
+    return [name for name in SIX_STEPS if name in names]
+
+
 def six_class(data_path: Path, out: Path, steps: list[str]) -> dict:
-    layers = ",".join(LAYERS)
-    results = {}
-    common = ["--data", str(data_path), "--layers", layers]
-    env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
-    if "seed" in steps:
-        run = measured([PYTHON, str(HERE / "seed_style.py"), *common], cwd=HERE, env=env, name="seed_style", out=out)
-        results["seed_style"] = script_split(run)
-    work = fresh(out / "tlsweep-six")
-    if "cold" in steps:
-        cold = tlsweep(["-m", f"layer={layers}"], workdir=work, data_path=data_path, name="tlsweep_cold", out=out)
-        results["tlsweep_cold"] = split(cold, sweep_children(work))
-    if "one_pass" in steps:
-        run = measured([PYTHON, str(HERE / "one_pass.py"), *common], cwd=HERE, env=env, name="one_pass", out=out)
-        results["one_pass"] = script_split(run)
-    if "warm" in steps:
-        if "cold" not in steps:
-            raise SystemExit("--steps: warm needs cold, which fills the cache")
-        warm = tlsweep(["-m", f"layer={layers}", "classifier.C=0.01,0.03,0.1"], workdir=work, data_path=data_path,
-                       name="tlsweep_warm", out=out)
-        results["tlsweep_warm"] = split(warm, sweep_children(work))
-    if "throughput" in steps:
-        run = measured([PYTHON, str(HERE / "throughput.py"), "--data", str(data_path)], cwd=HERE,
-                       env={**env, "PYTHONPATH": str(ROOT)}, name="throughput", out=out)
-        results["throughput"] = last_json(run["stdout"])
-    return results
+    six = SixClass(data_path=data_path, out=out, work=fresh(out / "tlsweep-six"))
+    return {SIX_STEPS[name].key: SIX_STEPS[name].run(six) for name in steps}
 
 
 def ten_class(data_path: Path, out: Path, max_iter: int) -> dict:
@@ -161,9 +200,8 @@ def ten_class(data_path: Path, out: Path, max_iter: int) -> dict:
     copies = {}
     for layer in ("block2_pool", *LAYERS):
         for estimator in ("linear_svc", "lbfgs_svc"):
-            run = measured([PYTHON, str(HERE / "svc_memory.py"), "--cache-folder", str(cache_folder(work)),
-                            "--layer", layer, "--estimator", estimator], cwd=HERE, env={"PYTHONPATH": str(ROOT)},
-                           name=f"svc_memory_{layer}_{estimator}", out=out)
+            run = script("svc_memory", ["--cache-folder", str(cache_folder(work)), "--layer", layer,
+                                        "--estimator", estimator], name=f"svc_memory_{layer}_{estimator}", out=out)
             copies[f"{layer}/{estimator}"] = last_json(run["stdout"])
     results["fit_copies"] = copies
     results["max_iter"] = max_iter
@@ -182,21 +220,31 @@ def gb(value: float) -> str:
     return f"{value / 1e9:.2f} GB"
 
 
+def table(rows: list[dict], floatfmt: str = ".1f") -> list[str]:
+    """A markdown table, one row a dict (its keys are the header), as lines."""
+    return tabulate(rows, headers="keys", tablefmt="github", floatfmt=floatfmt).splitlines()
+
+
+# result key in results["six"]: its row label in the six-class table
+SIX_RUNS = {"seed_style": "seed-style script (3 cut models)", "tlsweep_cold": "tlsweep cold, 3 cuts",
+            "one_pass": "hand-written one pass", "tlsweep_warm": "tlsweep warm, 3 cuts x 3 C"}
+# throughput key prefix: its row label
+EXTRACTIONS = {"predict_block5_pool": "`predict`, block5_pool cut, warm",
+               "predict_three_outputs_cold": "`predict`, 3-output model, first call",
+               "predict_three_outputs": "`predict`, 3-output model, warm",
+               "tlsweep_extraction": "tlsweep `extract_features`, 3 cuts, cold cache"}
+
+
 def report(results: dict) -> str:
     """The figures as markdown: the tables the README's Performance section quotes."""
     lines = [f"machine: {results['machine']}", f"data: {results['data']}", ""]
     six = results.get("six") or {}
-    rows = [(label, six[key]) for key, label in (
-        ("seed_style", "seed-style script (3 cut models)"), ("tlsweep_cold", "tlsweep cold, 3 cuts"),
-        ("one_pass", "hand-written one pass"), ("tlsweep_warm", "tlsweep warm, 3 cuts x 3 C")) if key in six]
+    rows = [{"run": label, "total s": row["total_s"], "extraction s": row["extraction_s"], "fits s": row["fit_s"],
+             "overhead s": row["overhead_s"], "of which startup s": row.get("startup_s", math.nan),
+             "peak RSS": gb(row["peak_rss_bytes"])}
+            for key, label in SIX_RUNS.items() if (row := six.get(key))]
     if rows:
-        lines += ["| run | total s | extraction s | fits s | overhead s | of which startup s | peak RSS |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, row in rows:
-            lines.append(f"| {name} | {row['total_s']:.1f} | {row['extraction_s']:.1f} | {row['fit_s']:.1f} | "
-                         f"{row['overhead_s']:.1f} | {row.get('startup_s', math.nan):.1f} | "
-                         f"{gb(row['peak_rss_bytes'])} |")
-        lines.append("")
+        lines += [*table(rows), ""]
     seed, cold, one, warm = (six.get(key) for key in ("seed_style", "tlsweep_cold", "one_pass", "tlsweep_warm"))
     if seed and cold:
         lines.append(f"- seed-style / tlsweep cold, end to end: **{seed['total_s'] / cold['total_s']:.2f}x**"
@@ -219,30 +267,26 @@ def report(results: dict) -> str:
             f"float32 matmul {', '.join(f'{k} {v:.0f}' for k, v in tp['matmul_gflops'].items())} GFLOP/s; "
             f"nominal {nominal:.0f} GFLOP/s ({tp['nominal']['cores']} cores x {tp['nominal']['mhz']} MHz x 64)",
             "",
-            "| extraction | images/s | GFLOP/s (to block5_pool) | share of matmul | share of nominal |",
-            "|---|---|---|---|---|",
+            *table([{"extraction": label, "images/s": tp[f"{name}_images_per_s"],
+                     "GFLOP/s (to block5_pool)": tp[f"{name}_gflops"],
+                     "share of matmul": f"{tp[f'{name}_gflops'] / best:.0%}",
+                     "share of nominal": f"{tp[f'{name}_gflops'] / nominal:.0%}"}
+                    for name, label in EXTRACTIONS.items()], floatfmt=".0f"),
         ]
-        for name, label in (("predict_block5_pool", "`predict`, block5_pool cut, warm"),
-                            ("predict_three_outputs_cold", "`predict`, 3-output model, first call"),
-                            ("predict_three_outputs", "`predict`, 3-output model, warm"),
-                            ("tlsweep_extraction", "tlsweep `extract_features`, 3 cuts, cold cache")):
-            lines.append(f"| {label} | {tp[f'{name}_images_per_s']:.0f} | {tp[f'{name}_gflops']:.0f} | "
-                         f"{tp[f'{name}_gflops'] / best:.0%} | {tp[f'{name}_gflops'] / nominal:.0%} |")
     ten = results.get("ten")
     if ten:
-        three = ten["three_cuts"]
+        runs = {"tlsweep cold, 3 cuts, linear_svc": ten["three_cuts"],
+                **{f"tlsweep block2_pool, {name}": ten[f"block2_pool_{name}"] for name in ("linear_svc", "lbfgs_svc")}}
         lines += ["", f"all ten classes (classifier.max_iter={ten['max_iter']}):", "",
-                  "| run | total s | peak RSS |", "|---|---|---|",
-                  f"| tlsweep cold, 3 cuts, linear_svc | {three['total_s']:.1f} | {gb(three['peak_rss_bytes'])} |"]
-        for name in ("linear_svc", "lbfgs_svc"):
-            row = ten[f"block2_pool_{name}"]
-            lines.append(f"| tlsweep block2_pool, {name} | {row['total_s']:.1f} | {gb(row['peak_rss_bytes'])} |")
-        lines += ["", "| cut | features | train X float32 | nonzero | LinearSVC adds | LbfgsSVC adds |",
-                  "|---|---|---|---|---|---|"]
+                  *table([{"run": label, "total s": row["total_s"], "peak RSS": gb(row["peak_rss_bytes"])}
+                          for label, row in runs.items()]), ""]
+        copies = []
         for layer in ("block2_pool", *LAYERS):
             lin, lb = ten["fit_copies"][f"{layer}/linear_svc"], ten["fit_copies"][f"{layer}/lbfgs_svc"]
-            lines.append(f"| {layer} | {lin['n']} x {lin['d']} | {gb(lin['features_bytes'])} | "
-                         f"{lin['nonzero_share']:.0%} | {gb(lin['fit_added_bytes'])} | {gb(lb['fit_added_bytes'])} |")
+            copies.append({"cut": layer, "features": f"{lin['n']} x {lin['d']}",
+                           "train X float32": gb(lin["features_bytes"]), "nonzero": f"{lin['nonzero_share']:.0%}",
+                           "LinearSVC adds": gb(lin["fit_added_bytes"]), "LbfgsSVC adds": gb(lb["fit_added_bytes"])})
+        lines += table(copies)
     return "\n".join(lines) + "\n"
 
 
@@ -252,13 +296,14 @@ def main() -> None:
     parser.add_argument("--train-per-class", type=int, default=5000, help="generated train images per class")
     parser.add_argument("--test-per-class", type=int, default=1000, help="generated test images per class")
     parser.add_argument("--skip-six", action="store_true", help="skip the six-class comparisons (1-4)")
-    parser.add_argument("--steps", default=",".join(STEPS),
-                        help=f"six-class steps to run, comma-separated, from {','.join(STEPS)} (default: all)")
+    parser.add_argument("--steps", default=",".join(SIX_STEPS),
+                        help=f"six-class steps to run, comma-separated, from {','.join(SIX_STEPS)} (default: all)")
     parser.add_argument("--skip-ten", action="store_true", help="skip the ten-class memory study (5)")
     parser.add_argument("--ten-max-iter", type=int, default=20,
                         help="classifier.max_iter in the ten-class memory runs (the copies do not depend on it)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
+    steps = chosen_steps(args.steps)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out = args.out.resolve()
 
@@ -271,9 +316,9 @@ def main() -> None:
                 f"class (six classes: {6 * args.train_per_class} train + {6 * args.test_per_class} test; "
                 f"ten: {10 * (args.train_per_class + args.test_per_class)} images)")
     out = args.out / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
-    results = {"machine": machine(), "data": data, "command": " ".join(sys.argv)}
+    results = {"machine": machine(), "data": data, "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]])}
     if not args.skip_six:
-        results["six"] = six_class(data_path, out, args.steps.split(","))
+        results["six"] = six_class(data_path, out, steps)
     if not args.skip_ten:
         results["ten"] = ten_class(data_path, out, args.ten_max_iter)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))

@@ -1,17 +1,22 @@
-"""Shared fixtures: an isolated MLflow store and cache per test, tiny genuine-format CIFAR-10 files."""
+"""Shared fixtures: an isolated MLflow store and cache per test, tiny genuine-format CIFAR-10 files, and the
+helpers tests share (composing the config, running the CLI, finding runs, free ports, cached extraction).
+
+Test files ask for these by fixture name and never import this module. The stateless helpers are
+session-scoped, so module- and session-scoped fixtures in test files can use them too.
+"""
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
+import socket
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tlsweep.stages import cifar10
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,74 +28,142 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("TLSWEEP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.delenv("TLSWEEP_PARENT_RUN_ID", raising=False)
-    monkeypatch.delenv("TLSWEEP_SWEEP_LAYERS", raising=False)
     monkeypatch.chdir(tmp_path)
     yield tmp_path
 
 
-def cifar_batch(n_per_class: int, rng: np.random.Generator, label_name: bytes) -> dict:
-    """A batch in the CIFAR-10 python format: uint8 rows of 3072 (R, G, B planes), list labels.
+def cifar_arrays(*, train_per_class_per_batch: int = 2, test_per_class: int = 4, seed: int = 0) -> dict:
+    """x_train, y_train, x_test, y_test for the CIFAR-10 writer: five shuffled train batches, then the test batch.
 
     Each class gets its own mean colour, so a linear classifier has something to learn.
     """
-    labels = np.repeat(np.arange(10), n_per_class)
-    rng.shuffle(labels)
-    base = (labels[:, None] * 23 % 256).astype(np.int16)
-    pixels = np.clip(base + rng.integers(-40, 40, size=(len(labels), 3072)), 0, 255).astype(np.uint8)
-    return {
-        b"batch_label": label_name,
-        b"labels": labels.tolist(),
-        b"data": pixels,
-        b"filenames": [f"img{i}.png".encode() for i in range(len(labels))],
-    }
-
-
-def write_cifar(folder: Path, *, train_per_class_per_batch: int = 2, test_per_class: int = 4, seed: int = 0):
-    """Write cifar-10-batches-py/ (5 train batches, 1 test batch, batches.meta); returns its path."""
     rng = np.random.default_rng(seed)
-    batches = folder / "cifar-10-batches-py"
-    batches.mkdir(parents=True, exist_ok=True)
-    for i in range(1, 6):
-        entry = cifar_batch(train_per_class_per_batch, rng, f"training batch {i} of 5".encode())
-        (batches / f"data_batch_{i}").write_bytes(pickle.dumps(entry))
-    (batches / "test_batch").write_bytes(pickle.dumps(cifar_batch(test_per_class, rng, b"testing batch 1 of 1")))
-    meta = {b"label_names": [name.encode() for name in (
-        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")]}
-    (batches / "batches.meta").write_bytes(pickle.dumps(meta))
-    return batches
+    parts = []
+    for n_per_class in [train_per_class_per_batch] * 5 + [test_per_class]:
+        labels = np.repeat(np.arange(10), n_per_class)
+        rng.shuffle(labels)
+        base = (labels[:, None] * 23 % 256).astype(np.int16)
+        rows = np.clip(base + rng.integers(-40, 40, size=(len(labels), 3072)), 0, 255).astype(np.uint8)
+        parts.append((cifar10.images_from_rows(rows), labels))
+    (x_test, y_test), train = parts.pop(), parts
+    return {"x_train": np.concatenate([x for x, _ in train]), "y_train": np.concatenate([y for _, y in train]),
+            "x_test": x_test, "y_test": y_test}
 
 
-def write_cifar_archive(folder: Path, **kwargs) -> Path:
+def _write_cifar(folder: Path, *, train_per_class_per_batch: int = 2, test_per_class: int = 4, seed: int = 0):
+    """Write cifar-10-batches-py/ (5 train batches, 1 test batch, batches.meta); returns its path."""
+    return cifar10.write_batches(folder, **cifar_arrays(
+        train_per_class_per_batch=train_per_class_per_batch, test_per_class=test_per_class, seed=seed))
+
+
+def _write_cifar_archive(folder: Path, **kwargs) -> Path:
     """cifar-10-python.tar.gz with the same layout as the official archive."""
-    batches = write_cifar(folder / "extracted", **kwargs)
-    archive = folder / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(batches, arcname="cifar-10-batches-py")
-    return archive
+    return cifar10.write_archive(folder, **cifar_arrays(**kwargs))
+
+
+@pytest.fixture(scope="session")
+def cifar_writer():
+    """`cifar_writer(folder, train_per_class_per_batch=2, test_per_class=4, seed=0)`: writes
+    folder/cifar-10-batches-py/ (5 train batches, 1 test batch, batches.meta) and returns its path."""
+    return _write_cifar
+
+
+@pytest.fixture(scope="session")
+def cifar_archive_writer():
+    """`cifar_archive_writer(folder, **cifar_writer's options)`: writes folder/cifar-10-python.tar.gz, laid out
+    as the official archive, and returns its path."""
+    return _write_cifar_archive
 
 
 @pytest.fixture
 def cifar_dir(tmp_path) -> Path:
-    return write_cifar(tmp_path / "data")
+    return _write_cifar(tmp_path / "data")
 
 
 @pytest.fixture
 def cifar_archive(tmp_path) -> Path:
-    return write_cifar_archive(tmp_path / "data")
+    return _write_cifar_archive(tmp_path / "data")
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m tlsweep ARGS` as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "tlsweep", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    """The repository root: conf/, sweeps/, MLproject."""
+    return ROOT
 
 
-# the smallest useful runs: random-init weights, small batches, classes that the tiny files hold
-TINY = ["model.weights=null", "model.batch_size=16", "data.val_fraction=0.25"]
+@pytest.fixture(scope="session")
+def tiny() -> tuple[str, ...]:
+    """The smallest useful runs: random-init weights, small batches, classes that the tiny files hold."""
+    return ("model.weights=null", "model.batch_size=16", "data.val_fraction=0.25")
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """`cli(*ARGS, cwd=..., timeout=600, env=None)`: `python -m tlsweep ARGS` as a user runs it, in cwd, with
+    os.environ (as it is at the call) updated by env; returns the CompletedProcess, output captured as text."""
+
+    def run_cli(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tlsweep", *args],
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """`free_port()`: a 127.0.0.1 TCP port that nothing listens on (bound once, then released)."""
+
+    def port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    return port
+
+
+@pytest.fixture(scope="session")
+def experiment_runs():
+    """`experiment_runs(client, experiment="tlsweep")`: every run of the experiment ([] if there is none)."""
+
+    def runs(client, experiment: str = "tlsweep") -> list:
+        found = client.get_experiment_by_name(experiment)
+        return client.search_runs([found.experiment_id], max_results=1000) if found else []
+
+    return runs
+
+
+@pytest.fixture(scope="session")
+def extract():
+    """`extract(dataset, cache_root, layer="block5_pool", classes=(4, 5, 6), sweep_layers=(), image_set="train")`:
+    features of a random-init (seed 0) VGG16 at 32x32, batches of 8, through the cache at cache_root."""
+    from tlsweep.stages import features
+
+    def extracted(dataset, cache_root, layer="block5_pool", classes=(4, 5, 6), sweep_layers=(), image_set="train"):
+        return features.extract_features(
+            dataset=dataset, image_set=image_set, layer=layer, classes=list(classes), backbone="vgg16",
+            weights=None, seed=0, input_size=32, batch_size=8, cache_root=cache_root, sweep_layers=sweep_layers,
+        )
+
+    return extracted
+
+
+@pytest.fixture(scope="session")
+def compose():
+    """Compose tlsweep's config in-process, as `python -m tlsweep OVERRIDES` would (presets: config_dir)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from tlsweep.config import register_configs
+
+    register_configs()
+
+    def composed(overrides=(), *, name="config", config_dir=ROOT / "conf", hydra=False):
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra)
+
+    return composed

@@ -7,17 +7,14 @@ import importlib.util
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, run_cli
-
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install -e '.[jax]')")
-def test_one_run_end_to_end_on_the_jax_backend(isolated, cifar_dir):
-    result = run_cli("layer=block3_pool", f"data.path={cifar_dir}", *TINY, cwd=isolated,
-                     env={"KERAS_BACKEND": "jax"}, timeout=300)
+def test_one_run_end_to_end_on_the_jax_backend(isolated, cifar_dir, cli, tiny, experiment_runs):
+    result = cli("layer=block3_pool", f"data.path={cifar_dir}", *tiny, cwd=isolated,
+                 env={"KERAS_BACKEND": "jax"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    client = MlflowClient()
-    (run,) = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id])
+    (run,) = experiment_runs(MlflowClient())
     assert run.info.status == "FINISHED"
     assert run.data.tags["keras.backend"] == "jax"
     assert run.data.params["feature_dim"] == "4096"

@@ -8,14 +8,7 @@ import os
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, run_cli
-
 LAYERS = ["block3_pool", "block4_pool", "block5_pool"]
-
-
-def _runs(client, experiment="tlsweep"):
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], max_results=1000)
 
 
 def _artifacts(client, run_id, path=""):
@@ -25,12 +18,12 @@ def _artifacts(client, run_id, path=""):
     return found
 
 
-def test_three_cut_multirun_is_one_parent_with_three_children(isolated, cifar_archive):
-    result = run_cli("-m", f"layer={','.join(LAYERS)}", f"data.path={cifar_archive}", *TINY, cwd=isolated)
+def test_three_cut_multirun_is_one_parent_with_three_children(isolated, cifar_archive, cli, tiny, experiment_runs):
+    result = cli("-m", f"layer={','.join(LAYERS)}", f"data.path={cifar_archive}", *tiny, cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
 
     client = MlflowClient()
-    runs = _runs(client)
+    runs = experiment_runs(client)
     parents = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -74,31 +67,32 @@ def test_three_cut_multirun_is_one_parent_with_three_children(isolated, cifar_ar
     assert all(layer in table for layer in LAYERS) and "test_accuracy" in table
 
 
-def test_single_run_without_m_logs_one_run(isolated, cifar_dir):
-    result = run_cli(f"data.path={cifar_dir.parent}", "layer=block5_pool", *TINY, cwd=isolated)
+def test_single_run_without_m_logs_one_run(isolated, cifar_dir, cli, tiny, experiment_runs):
+    result = cli(f"data.path={cifar_dir.parent}", "layer=block5_pool", *tiny, cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = _runs(MlflowClient())
+    runs = experiment_runs(MlflowClient())
     assert len(runs) == 1
     assert runs[0].info.status == "FINISHED"
     assert "mlflow.parentRunId" not in runs[0].data.tags
 
 
-def test_default_store_is_mlflow_db_in_the_folder_the_command_ran_in(isolated, cifar_dir):
+def test_default_store_is_mlflow_db_in_the_folder_the_command_ran_in(isolated, cifar_dir, cli, tiny,
+                                                                      experiment_runs):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     os.environ.pop("MLFLOW_TRACKING_URI")
-    result = run_cli(f"data.path={cifar_dir}", *TINY, "classifier.C=0.5", cwd=isolated, env=env)
+    result = cli(f"data.path={cifar_dir}", *tiny, "classifier.C=0.5", cwd=isolated, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (isolated / "mlflow.db").exists()
-    runs = _runs(MlflowClient(f"sqlite:///{isolated / 'mlflow.db'}"))
+    runs = experiment_runs(MlflowClient(f"sqlite:///{isolated / 'mlflow.db'}"))
     assert [r.data.params["classifier.C"] for r in runs] == ["0.5"]
 
 
-def test_sweep_over_layer_classes_and_c(isolated, cifar_dir):
-    result = run_cli("-m", "layer=block4_pool,block5_pool", "classifier.C=0.01,1.0", "data.classes=[4,5],[0,1,9]",
-                     f"data.path={cifar_dir}", *TINY, cwd=isolated)
+def test_sweep_over_layer_classes_and_c(isolated, cifar_dir, cli, tiny, experiment_runs):
+    result = cli("-m", "layer=block4_pool,block5_pool", "classifier.C=0.01,1.0", "data.classes=[4,5],[0,1,9]",
+                 f"data.path={cifar_dir}", *tiny, cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient()
-    runs = _runs(client)
+    runs = experiment_runs(client)
     parent = next(r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     seen = {(c.data.params["layer"], c.data.params["classifier.C"], c.data.tags["classes"]) for c in children}
@@ -111,19 +105,19 @@ def test_sweep_over_layer_classes_and_c(isolated, cifar_dir):
     assert sum(p.startswith("summary/accuracy_vs_layer") for p in artifacts) == 4  # per class subset and C
 
 
-def test_offline_download_failure_is_one_clear_line(isolated):
-    result = run_cli("model.weights=null", cwd=isolated, env={"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+def test_offline_download_failure_is_one_clear_line(isolated, cli, experiment_runs):
+    result = cli("model.weights=null", cwd=isolated, env={"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if "could not download" in line]
     assert len(lines) == 1 and "CIFAR-10" in lines[0] and "data.path=" in lines[0]
     assert "Traceback" not in result.stderr
-    run = _runs(MlflowClient())[0]
+    run = experiment_runs(MlflowClient())[0]
     assert run.info.status == "FAILED" and "could not download" in run.data.tags["error"]
 
 
-def test_offline_imagenet_weights_failure_names_the_file_to_pass(isolated, cifar_dir):
-    result = run_cli(f"data.path={cifar_dir}", "model.batch_size=16", cwd=isolated,
-                     env={"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+def test_offline_imagenet_weights_failure_names_the_file_to_pass(isolated, cifar_dir, cli):
+    result = cli(f"data.path={cifar_dir}", "model.batch_size=16", cwd=isolated,
+                 env={"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
     assert result.returncode == 1
     line = next(line for line in (result.stdout + result.stderr).splitlines() if "could not download" in line)
     assert "ImageNet weights for vgg16" in line and "model.weights=" in line
@@ -132,13 +126,11 @@ def test_offline_imagenet_weights_failure_names_the_file_to_pass(isolated, cifar
 
 
 @pytest.mark.parametrize("preset", ["demo"])
-def test_demo_preset_runs_offline_and_is_tagged(isolated, preset):
-    from conftest import ROOT
-
-    result = run_cli("-cd", str(ROOT / "sweeps"), "-cn", preset, "model.batch_size=64",
-                     "layer=block4_pool,block5_pool", cwd=isolated)
+def test_demo_preset_runs_offline_and_is_tagged(isolated, project_root, cli, experiment_runs, preset):
+    result = cli("-cd", str(project_root / "sweeps"), "-cn", preset, "model.batch_size=64",
+                 "layer=block4_pool,block5_pool", cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
-    children = [r for r in _runs(MlflowClient()) if r.data.tags.get("mlflow.parentRunId")]
+    children = [r for r in experiment_runs(MlflowClient()) if r.data.tags.get("mlflow.parentRunId")]
     assert len(children) == 2
     assert all(c.data.tags["demo"] == "true" and c.data.params["data.name"] == "digits" for c in children)
     assert all(c.data.metrics["test_accuracy"] > 0.5 for c in children)  # real images, learnable

@@ -6,7 +6,6 @@ import logging
 import os
 import shutil
 
-import mlflow
 import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
@@ -15,13 +14,6 @@ from mlflow.tracking import MlflowClient
 from tlsweep import compare
 
 LAYERS = {"block3_pool": 11, "block4_pool": 15, "block5_pool": 19}
-
-
-@pytest.fixture(autouse=True)
-def forget_tracking_uri(isolated):
-    """compare.main points MLflow's process-wide URI at this test's store: unset it for the tests after."""
-    yield
-    mlflow.set_tracking_uri(None)
 
 
 def _log_job(client, experiment_id, *, machine, layer, accuracy, fit_seconds, classes="deer,dog", C=0.1,
@@ -33,6 +25,7 @@ def _log_job(client, experiment_id, *, machine, layer, accuracy, fit_seconds, cl
         tags["mlflow.parentRunId"] = parent
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     params = {"model.name": "vgg16", "layer": layer, "classifier.C": str(C), "data.classes": "[4, 5]",
+              "classifier.name": "linear_svc", "seed": "0",
               "feature_dim": "512"}
     metrics = {"train_accuracy": accuracy + 0.1, "val_accuracy": accuracy - 0.05, "test_accuracy": accuracy,
                "fit_seconds": fit_seconds, "extraction_seconds": 10 * fit_seconds, "converged": 1.0,

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import ROOT
-from tlsweep.config import default_cache_dir, default_tracking_uri, register_configs
-
-register_configs()
+from tlsweep.config import default_cache_dir, default_tracking_uri
 
 
-def _compose(overrides=(), name="config", config_dir=ROOT / "conf"):
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
-
-
-def test_defaults_are_the_seed_protocol():
-    cfg = _compose()
+def test_defaults_are_the_seed_protocol(compose):
+    cfg = compose(hydra=True)
     assert cfg.model.name == "vgg16" and cfg.model.weights == "imagenet"
     assert cfg.layer == "block5_pool"
     assert cfg.data.name == "cifar10" and cfg.data.path is None
@@ -30,7 +21,7 @@ def test_defaults_are_the_seed_protocol():
     assert cfg.tracking.experiment == "tlsweep" and cfg.tracking.uri is None
     assert cfg.seed == 0 and cfg.resume is False
     assert cfg.hydra.job.chdir is False
-    assert "tlsweep.callbacks.MLflowSweepCallback" in OmegaConf.to_yaml(cfg.hydra.callbacks)
+    assert "tlsweep.sweep.callback.MLflowSweepCallback" in OmegaConf.to_yaml(cfg.hydra.callbacks)
 
 
 @pytest.mark.parametrize(
@@ -54,8 +45,8 @@ def test_defaults_are_the_seed_protocol():
         (["tracking.uri=http://127.0.0.1:5000"], "tracking.uri", "http://127.0.0.1:5000"),
     ],
 )
-def test_overrides(overrides, key, expected):
-    value = OmegaConf.select(_compose(overrides), key)
+def test_overrides(compose, overrides, key, expected):
+    value = OmegaConf.select(compose(overrides, hydra=True), key)
     value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
     assert value == expected
 
@@ -65,15 +56,15 @@ def test_overrides(overrides, key, expected):
     [
         ["classifer.C=1"],  # typo in a group name
         ["classifier.CC=1"],  # typo in a key
-        ["classifier.C=abc"],  # wrong type
+        ["features.grid_size=big"],  # wrong type (classifier.C takes a number or auto: see test_reliability)
         ["classifier.max_iter=1.5"],
         ["data.classes=abc"],
         ["model=alexnet"],  # not a config option
     ],
 )
-def test_schema_rejects_typos_and_wrong_types_at_composition(overrides):
+def test_schema_rejects_typos_and_wrong_types_at_composition(compose, overrides):
     with pytest.raises(ConfigCompositionException):
-        _compose(overrides)
+        compose(overrides, hydra=True)
 
 
 @pytest.mark.parametrize(
@@ -84,16 +75,18 @@ def test_schema_rejects_typos_and_wrong_types_at_composition(overrides):
         ("class_subsets", {"layer": "block3_pool,block4_pool,block5_pool",
                            "data.classes": "[4,5,6,7,8,9],[2,3,4,5,6,7],[0,1,8,9]"}),
         ("demo", {"layer": "block3_pool,block4_pool,block5_pool"}),
+        ("protocols", {"layer": "block3_pool,block4_pool,block5_pool", "features.normalize": "none,l2,standardize"}),
     ],
 )
-def test_presets_compose_and_name_their_command(preset, swept):
+def test_presets_compose_and_name_their_command(compose, project_root, preset, swept):
     # as `-cd sweeps -cn <preset>` does: the preset is the primary config, conf/ stays on the search path
-    cfg = _compose([f"hydra.searchpath=[file://{ROOT / 'conf'}]"], name=preset, config_dir=ROOT / "sweeps")
+    cfg = compose([f"hydra.searchpath=[file://{project_root / 'conf'}]"], name=preset,
+                  config_dir=project_root / "sweeps", hydra=True)
     assert dict(cfg.hydra.sweeper.params) == swept
     assert cfg.hydra.mode.name == "MULTIRUN"
-    first_line = (ROOT / "sweeps" / f"{preset}.yaml").read_text().splitlines()[0]
+    first_line = (project_root / "sweeps" / f"{preset}.yaml").read_text().splitlines()[0]
     assert first_line == f"# python -m tlsweep -cd sweeps -cn {preset}"
-    if preset == "demo":
+    if preset in ("demo", "protocols"):  # offline: bundled images, random-init weights
         assert cfg.data.name == "digits" and cfg.model.weights is None and cfg.demo is True
     else:
         assert cfg.data.name == "cifar10" and cfg.model.weights == "imagenet"

@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import write_cifar, write_cifar_archive
-from tlsweep import data
 from tlsweep.errors import ConfigError, DataError
+from tlsweep.stages import data
+from tlsweep.validate import validate, validate_classes
 
 
 @pytest.mark.parametrize("form", ["archive", "folder", "parent_folder"])
-def test_cifar10_loads_archive_and_extracted_folder(tmp_path, form):
+def test_cifar10_loads_archive_and_extracted_folder(tmp_path, cifar_writer, cifar_archive_writer, form):
     if form == "archive":
-        path = write_cifar_archive(tmp_path, train_per_class_per_batch=3, test_per_class=2)
+        path = cifar_archive_writer(tmp_path, train_per_class_per_batch=3, test_per_class=2)
     else:
-        path = write_cifar(tmp_path, train_per_class_per_batch=3, test_per_class=2)
+        path = cifar_writer(tmp_path, train_per_class_per_batch=3, test_per_class=2)
         path = path.parent if form == "parent_folder" else path
     dataset = data.load_dataset(name="cifar10", path=str(path))
     assert dataset.train.images.shape == (150, 32, 32, 3) and dataset.train.images.dtype == np.uint8
@@ -24,18 +24,18 @@ def test_cifar10_loads_archive_and_extracted_folder(tmp_path, form):
     assert dataset.class_names[4:] == ("deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def test_archive_and_folder_decode_to_the_same_images(tmp_path):
-    archive = write_cifar_archive(tmp_path / "a", seed=3)
-    folder = write_cifar(tmp_path / "b", seed=3)
+def test_archive_and_folder_decode_to_the_same_images(tmp_path, cifar_writer, cifar_archive_writer):
+    archive = cifar_archive_writer(tmp_path / "a", seed=3)
+    folder = cifar_writer(tmp_path / "b", seed=3)
     from_archive = data.load_dataset(name="cifar10", path=str(archive))
     from_folder = data.load_dataset(name="cifar10", path=str(folder))
     np.testing.assert_array_equal(from_archive.train.images, from_folder.train.images)
     assert from_archive.fingerprint == from_folder.fingerprint
 
 
-def test_cifar_rows_decode_channel_planes_to_hwc(tmp_path):
+def test_cifar_rows_decode_channel_planes_to_hwc(tmp_path, cifar_writer):
     """The format stores 1024 red, then 1024 green, then 1024 blue values per row."""
-    folder = write_cifar(tmp_path)
+    folder = cifar_writer(tmp_path)
     import pickle
 
     first = pickle.loads((folder / "data_batch_1").read_bytes(), encoding="bytes")
@@ -53,8 +53,8 @@ def test_digits_are_real_images_with_a_fixed_split():
     assert first.fingerprint == second.fingerprint
 
 
-def test_seed_split_sizes_and_stratification():
-    labels = np.repeat(np.arange(4, 10), 5000)  # the seed's 30000 training images of classes 4-9
+def test_original_study_split_sizes_and_stratification():
+    labels = np.repeat(np.arange(4, 10), 5000)  # the original study's 30000 training images of classes 4-9
     train, val = data.split_train_val(labels, val_fraction=0.2, seed=0)
     assert (len(train), len(val)) == (24000, 6000)
     assert not set(train) & set(val)
@@ -76,14 +76,14 @@ def test_seed_split_sizes_and_stratification():
 )
 def test_bad_class_subsets(classes, message):
     with pytest.raises(ConfigError, match=message) as err:
-        data.validate_classes(classes, data.CIFAR10_CLASSES)
+        validate_classes(classes, data.CIFAR10_CLASSES)
     assert f"data.classes={classes}" in str(err.value)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, 1.5])
-def test_val_fraction_outside_open_interval(fraction):
+def test_val_fraction_outside_open_interval(compose, fraction):
     with pytest.raises(ConfigError, match=r"\(0, 1\)"):
-        data.split_train_val(np.repeat(np.arange(2), 10), val_fraction=fraction, seed=0)
+        validate(compose([f"data.val_fraction={fraction}"]))
 
 
 def test_val_fraction_leaving_a_class_without_val_images():

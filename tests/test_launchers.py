@@ -6,11 +6,8 @@ The parent run id reaches each job inside the pickled callback; the feature cach
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, run_cli
-from tlsweep.config import register_configs
 
 IMAGES = 60 + 24  # train + test images of the tiny CIFAR-10 files, classes 4-9
 
@@ -23,13 +20,13 @@ IMAGES = 60 + 24  # train + test images of the tiny CIFAR-10 files, classes 4-9
     ],
     ids=["joblib", "submitit_local"],
 )
-def test_jobs_in_other_processes_stay_children_of_one_parent_and_share_the_cache(isolated, cifar_dir, layers,
-                                                                                  launcher):
-    result = run_cli("-m", f"layer={','.join(layers)}", f"data.path={cifar_dir}", *TINY, *launcher, cwd=isolated)
+def test_jobs_in_other_processes_stay_children_of_one_parent_and_share_the_cache(isolated, cifar_dir, cli, tiny,
+                                                                                  experiment_runs, layers, launcher):
+    result = cli("-m", f"layer={','.join(layers)}", f"data.path={cifar_dir}", *tiny, *launcher, cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
 
     client = MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id], max_results=100)
+    runs = experiment_runs(client)
     parents = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("tlsweep.kind") == "job"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -46,11 +43,9 @@ def test_jobs_in_other_processes_stay_children_of_one_parent_and_share_the_cache
     assert all(layer in open(table).read() for layer in layers)
 
 
-def test_slurm_preset_is_submitit_slurm_with_its_defaults_and_takes_overrides():
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", return_hydra_config=True,
-                      overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"])
+def test_slurm_preset_is_submitit_slurm_with_its_defaults_and_takes_overrides(compose):
+    cfg = compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"],
+                  hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_node) == ("gpu", 2)

@@ -12,8 +12,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.svm import LinearSVC
 
-from tlsweep.classify import fit_classifier, make_classifier
-from tlsweep.lbfgs_svc import LbfgsSVC
+from tlsweep.stages.classify import fit_classifier, make_classifier
+from tlsweep.stages.lbfgs_svc import LbfgsSVC
 
 
 def _digits():

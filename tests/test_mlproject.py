@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY
-
 PROVENANCE_TAGS = ("tlsweep.config_hash", "data.fingerprint", "weights.fingerprint", "layer", "classes", "tlsweep.kind")
 
 
@@ -23,8 +21,8 @@ def _start(command: list[str], *, cwd: Path, store: Path, cache: Path) -> subpro
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _mlflow_run(entry_point: str, overrides: list[str], *, experiment: str = "tlsweep") -> list[str]:
-    return [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local",
+def _mlflow_run(project: Path, entry_point: str, overrides: list[str], *, experiment: str = "tlsweep") -> list[str]:
+    return [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local",
             "--experiment-name", experiment, "-e", entry_point, "-P", f"overrides={' '.join(overrides)}"]
 
 
@@ -57,9 +55,10 @@ def _jobs(runs) -> dict[str, tuple]:
     return {r.data.params["layer"]: _result(r) for r in runs if r.data.tags.get("tlsweep.kind") == "job"}
 
 
-def test_sweep_entry_point_gives_the_direct_sweeps_runs_under_the_project_run(isolated, cifar_dir):
-    overrides = ["layer=block4_pool,block5_pool", f"data.path={cifar_dir}", *TINY]
-    project, direct = _both(isolated, _mlflow_run("sweep", overrides), ["-m", *overrides])
+def test_sweep_entry_point_gives_the_direct_sweeps_runs_under_the_project_run(isolated, cifar_dir, project_root,
+                                                                              tiny):
+    overrides = ["layer=block4_pool,block5_pool", f"data.path={cifar_dir}", *tiny]
+    project, direct = _both(isolated, _mlflow_run(project_root, "sweep", overrides), ["-m", *overrides])
 
     assert len(_jobs(project)) == 2 and _jobs(project) == _jobs(direct)
     [parent] = [r for r in project if r.data.tags.get("mlflow.project.entryPoint") == "sweep"]
@@ -73,10 +72,10 @@ def test_sweep_entry_point_gives_the_direct_sweeps_runs_under_the_project_run(is
 
 
 @pytest.mark.slow
-def test_main_entry_point_logs_the_direct_runs_result_into_the_project_run(isolated, cifar_dir):
+def test_main_entry_point_logs_the_direct_runs_result_into_the_project_run(isolated, cifar_dir, project_root, tiny):
     overrides = ["layer=block5_pool", "classifier.C=0.5", "'data.classes=[4, 5, 6]'", f"data.path={cifar_dir}",
-                 *TINY]
-    project, direct = _both(isolated, _mlflow_run("main", overrides),
+                 *tiny]
+    project, direct = _both(isolated, _mlflow_run(project_root, "main", overrides),
                             [o.strip("'") for o in overrides])  # the shell strips those quotes too
 
     assert len(project) == len(direct) == 1
@@ -86,8 +85,9 @@ def test_main_entry_point_logs_the_direct_runs_result_into_the_project_run(isola
 
 
 @pytest.mark.slow
-def test_project_run_in_another_experiment_is_one_clear_line(isolated, cifar_dir):
-    process = _start(_mlflow_run("main", ["layer=block5_pool", f"data.path={cifar_dir}", *TINY], experiment="other"),
+def test_project_run_in_another_experiment_is_one_clear_line(isolated, cifar_dir, project_root, tiny):
+    process = _start(_mlflow_run(project_root, "main", ["layer=block5_pool", f"data.path={cifar_dir}", *tiny],
+                                 experiment="other"),
                      cwd=isolated, store=isolated / "project.db", cache=isolated / "cache")
     output, _ = process.communicate(timeout=600)
     assert process.returncode != 0

@@ -7,7 +7,6 @@ resume and concurrent jobs are in test_reliability_cli.py.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tarfile
@@ -15,28 +14,13 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
-import mlflow
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, write_cifar, write_cifar_archive
-from tlsweep import cache, data, features, models
+from tlsweep.stages import cache, data, features
 from tlsweep.__main__ import run
 from tlsweep.errors import TlsweepError
-
-
-@pytest.fixture(autouse=True)
-def forget_tracking_uri():
-    """`run` calls mlflow.set_tracking_uri, a process global; later tests must see their own store."""
-    yield
-    mlflow.set_tracking_uri(None)
-
-
-def _compose(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -45,19 +29,13 @@ def _snapshot(root: Path) -> dict[str, str]:
             if p.is_file() and p.suffix != ".lock"}
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory):
+def bad(tmp_path_factory, cifar_writer, cifar_archive_writer, free_port, tiny, compose):
     """Broken inputs of every kind, a shared tracking store, and a cache warmed by one good run."""
     root = tmp_path_factory.mktemp("bad")
     ns = SimpleNamespace(root=root, cache=root / "cache", uri=f"sqlite:///{root / 'mlflow.db'}")
-    ns.data = write_cifar(root / "good")
-    archive = write_cifar_archive(root / "arch")
+    ns.data = cifar_writer(root / "good")
+    archive = cifar_archive_writer(root / "arch")
     blob = archive.read_bytes()
     ns.truncated = root / "truncated.tar.gz"
     ns.truncated.write_bytes(blob[: len(blob) // 3])
@@ -73,7 +51,7 @@ def bad(tmp_path_factory):
         tar.add(ns.text, arcname="notes.txt")
     ns.empty = root / "empty"
     ns.empty.mkdir()
-    torn = write_cifar(root / "torn")
+    torn = cifar_writer(root / "torn")
     (torn / "data_batch_3").write_bytes((torn / "data_batch_3").read_bytes()[:5000])
     ns.torn = torn.parent
 
@@ -86,11 +64,10 @@ def bad(tmp_path_factory):
     ns.truncated_weights.write_bytes(ns.other_weights.read_bytes()[:4000])
     ns.file = root / "a-file"
     ns.file.write_text("a regular file, so nothing can be created under it\n")
-    ns.port = _closed_port()
+    ns.port = free_port()
 
-    ns.base = [*TINY, f"data.path={ns.data}", f"cache_dir={ns.cache}", f"tracking.uri={ns.uri}"]
-    run(_compose([*ns.base, "layer=block5_pool", "tracking.experiment=warm"]))
-    mlflow.set_tracking_uri(None)
+    ns.base = [*tiny, f"data.path={ns.data}", f"cache_dir={ns.cache}", f"tracking.uri={ns.uri}"]
+    run(compose([*ns.base, "layer=block5_pool", "tracking.experiment=warm"]))
     assert any(name.endswith(".npy") for name in _snapshot(ns.cache))
     return ns
 
@@ -136,17 +113,29 @@ CASES = {
     "image-size-too-small": (["data.image_size=8"], ["received data.image_size=8", "at least 32x32"]),
     "image-size-zero": (["data.image_size=0"], ["received data.image_size=0", "positive size"]),
     "unknown-data-name": (["data.name=imagenet"], ["received data.name='imagenet'", "cifar10", "digits"]),
+    # the probing protocols
+    "C-text": (["classifier.C=big"], ["received classifier.C='big'", "positive number or 'auto'"]),
+    "C-grid-empty": (["classifier.C=auto", "classifier.C_grid=[]"], ["received classifier.C_grid=[]", "non-empty"]),
+    "C-grid-negative": (["classifier.C=auto", "classifier.C_grid=[0.1,-1]"], ["received classifier.C_grid=[0.1, -1.0]",
+                                                                              "positive numbers"]),
+    "pooling-unknown": (["features.pooling=mean"], ["received features.pooling='mean'", "'avg'", "'grid'"]),
+    "grid-size-zero": (["features.grid_size=0"], ["received features.grid_size=0", ">= 1"]),
+    "normalize-unknown": (["features.normalize=zscore"], ["received features.normalize='zscore'", "'standardize'"]),
+    "train-per-class-zero": (["data.train_per_class=0"], ["received data.train_per_class=0", ">= 1"]),
+    "train-per-class-above-the-data": (["data.train_per_class=9"], ["received data.train_per_class=9", "at most 7"]),
+    "loss-of-another-classifier": (["classifier=logreg", "classifier.loss=hinge"], ["received classifier.loss='hinge'",
+                                                                                  "'log_loss'"]),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_and_loses_nothing(bad, case):
+def test_bad_input_is_one_line_and_loses_nothing(bad, compose, experiment_runs, case):
     overrides, expected = CASES[case]
     overrides = [item.format(**vars(bad)) for item in overrides]
     experiment = f"bad-{case}"
     before = _snapshot(bad.cache)
 
-    cfg = _compose([*bad.base, f"tracking.experiment={experiment}", *overrides])
+    cfg = compose([*bad.base, f"tracking.experiment={experiment}", *overrides])
     with pytest.raises(TlsweepError) as caught:  # the CLI prints these alone and exits 1
         run(cfg)
     message = str(caught.value)
@@ -156,8 +145,7 @@ def test_bad_input_is_one_line_and_loses_nothing(bad, case):
 
     assert _snapshot(bad.cache) == before
     client = MlflowClient(bad.uri)
-    found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id]) if found else []
+    runs = experiment_runs(client, experiment)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     if case.startswith("tracking-"):
         assert runs == []  # nothing was logged anywhere
@@ -169,27 +157,15 @@ def test_bad_input_is_one_line_and_loses_nothing(bad, case):
         assert message in error_txt.read_text()
 
 
-def test_schema_type_error_fails_at_composition_naming_the_key():
+def test_schema_type_error_fails_at_composition_naming_the_key(compose):
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException) as caught:
-        _compose(["classifier.max_iter=many"])
+        compose(["classifier.max_iter=many"])
     assert "classifier.max_iter=many" in str(caught.value)
 
 
 # --- the feature cache ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def vgg16():
-    return models.build_backbone(name="vgg16", weights=None, input_size=32, seed=0)
-
-
-def _extract(dataset, cache_root, model, layer="block5_pool", classes=(4, 5, 6)):
-    return features.extract_features(
-        dataset=dataset, image_set="train", layer=layer, classes=list(classes), backbone="vgg16", weights=None,
-        seed=0, input_size=32, batch_size=8, cache_root=cache_root, model=model,
-    )
-
 
 def _damage_truncate(npy: Path) -> None:
     npy.write_bytes(npy.read_bytes()[:-100])
@@ -212,19 +188,19 @@ def _damage_remove_data(npy: Path) -> None:
 
 @pytest.mark.parametrize("damage", [_damage_truncate, _damage_flip, _damage_sidecar, _damage_remove_data],
                          ids=["truncated", "flipped-byte", "sidecar-disagrees", "data-file-gone"])
-def test_corrupt_cache_entry_is_detected_logged_and_recomputed(tmp_path, vgg16, damage, caplog):
-    dataset = data.load_dataset(name="cifar10", path=str(write_cifar(tmp_path / "d")))
-    first = _extract(dataset, tmp_path / "c", vgg16)
+def test_corrupt_cache_entry_is_detected_logged_and_recomputed(tmp_path, cifar_writer, extract, damage, caplog):
+    dataset = data.load_dataset(name="cifar10", path=str(cifar_writer(tmp_path / "d")))
+    first = extract(dataset, tmp_path / "c")
     (npy,) = (tmp_path / "c").glob("*/train-block5_pool-class5.npy")
     damage(npy)
 
     with caplog.at_level("WARNING", logger="tlsweep.cache"):
-        again = _extract(dataset, tmp_path / "c", vgg16)
+        again = extract(dataset, tmp_path / "c")
     assert any("train-block5_pool-class5" in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records)
     assert again.cnn_images == 10  # only class 5 went through the CNN again
     np.testing.assert_array_equal(again.X, first.X)
     assert cache.load_entry(npy.parent, "train-block5_pool-class5") is not None
-    assert _extract(dataset, tmp_path / "c", None).cnn_images == 0  # sound again: no model needed
+    assert extract(dataset, tmp_path / "c").cnn_images == 0  # sound again: no model needed
 
 
 def test_interrupted_write_leaves_no_entry_and_no_temporary_file(tmp_path):
@@ -240,14 +216,13 @@ def test_interrupted_write_leaves_no_entry_and_no_temporary_file(tmp_path):
     np.testing.assert_array_equal(cache.load_entry(tmp_path, "train-block5_pool-class4"), np.full((3, 2), 2.0))
 
 
-def test_temporary_files_of_a_killed_extraction_are_cleared_by_the_next(tmp_path, vgg16):
-    dataset = data.load_dataset(name="cifar10", path=str(write_cifar(tmp_path / "d")))
-    key = features.FeatureKey("vgg16", "random-seed0", dataset.fingerprint, 32)
-    folder = key.folder(tmp_path / "c")
+def test_temporary_files_of_a_killed_extraction_are_cleared_by_the_next(tmp_path, cifar_writer, extract):
+    dataset = data.load_dataset(name="cifar10", path=str(cifar_writer(tmp_path / "d")))
+    folder = features.FeatureKey("vgg16", "random-seed0", dataset.fingerprint, 32).cache(tmp_path / "c").folder
     folder.mkdir(parents=True)
     stale = folder / ".train-block5_pool-class4.x1y2.npy.tmp"  # what SIGKILL mid-pass leaves
     stale.write_bytes(b"\x93NUMPY half")
-    result = _extract(dataset, tmp_path / "c", vgg16)
+    result = extract(dataset, tmp_path / "c")
     assert result.cnn_images == 30 and not stale.exists()
     assert not list(folder.glob(".*.tmp"))
 
@@ -256,16 +231,16 @@ def test_temporary_files_of_a_killed_extraction_are_cleared_by_the_next(tmp_path
 
 WORKER = textwrap.dedent("""
     import sys
-    from tlsweep import tracking
+    import time
+    from tlsweep.tracking import runs
+    from tlsweep.tracking.record import Payload
     uri, worker, n_runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    experiment_id = tracking.connect(uri, "parallel")  # the first one creates the schema, under a lock
+    store, experiment_id = runs.connect(uri, "parallel")  # the first one creates the schema, under a lock
     for i in range(n_runs):
-        with tracking.job_run(experiment_id=experiment_id, run_name=f"worker{worker}-{i}", parent_run_id=None,
-                              tags={"worker": worker}) as run:
-            run.log_params({f"p{k}": k for k in range(120)})
-            for step in range(4):
-                run.log_metrics({f"m{k}": k * step for k in range(50)})
-            run.log_text("report\\n", "reports/report.txt")
+        payload = Payload(params={f"p{k}": k for k in range(120)}, metrics={f"m{k}": k for k in range(50)},
+                          tags={"worker": worker}, files={"reports/report.txt": "report\\n"})
+        runs.log_job(store, experiment_id=experiment_id, run_name=f"worker{worker}-{i}", payload=payload,
+                     started=time.time())
 """)
 
 

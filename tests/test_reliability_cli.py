@@ -6,7 +6,6 @@ input is also checked in-process in test_reliability.py.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,20 +14,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, run_cli
-
 LAYERS = ["block3_pool", "block4_pool", "block5_pool"]
-
-
-def _runs(client, experiment="tlsweep"):
-    found = client.get_experiment_by_name(experiment)
-    return client.search_runs([found.experiment_id], max_results=1000) if found else []
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _lines_with(result, text: str) -> list[str]:
@@ -45,15 +31,16 @@ CLI_CASES = {
 
 
 @pytest.mark.parametrize("case", list(CLI_CASES))
-def test_bad_input_at_the_command_line_is_one_line_and_exit_1(isolated, cifar_dir, case):
+def test_bad_input_at_the_command_line_is_one_line_and_exit_1(isolated, cifar_dir, cli, tiny, free_port,
+                                                               experiment_runs, case):
     args, expected = CLI_CASES[case]
-    args = [arg.format(port=_closed_port()) for arg in args]
-    result = run_cli(*args, f"data.path={cifar_dir}", *TINY, cwd=isolated)  # -m must come first
+    args = [arg.format(port=free_port()) for arg in args]
+    result = cli(*args, f"data.path={cifar_dir}", *tiny, cwd=isolated)  # -m must come first
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
     (line,) = _lines_with(result, expected[0])  # said once, on one line
     assert all(text in line for text in expected), line
-    runs = _runs(MlflowClient())
+    runs = experiment_runs(MlflowClient())
     assert not [r for r in runs if r.info.status == "RUNNING"]
     if case == "unknown-layer":
         (run,) = runs
@@ -62,25 +49,26 @@ def test_bad_input_at_the_command_line_is_one_line_and_exit_1(isolated, cifar_di
         assert runs == []
 
 
-def test_schema_type_error_is_hydras_message_without_a_traceback(isolated):
-    result = run_cli("classifier.max_iter=many", cwd=isolated)
+def test_schema_type_error_is_hydras_message_without_a_traceback(isolated, cli, experiment_runs):
+    result = cli("classifier.max_iter=many", cwd=isolated)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "classifier.max_iter=many" in result.stderr and "could not be converted to Integer" in result.stderr
-    assert not (isolated / "mlflow.db").exists() or _runs(MlflowClient()) == []
+    assert not (isolated / "mlflow.db").exists() or experiment_runs(MlflowClient()) == []
 
 
-def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_it(isolated, cifar_dir):
+def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_it(isolated, cifar_dir, cli, tiny,
+                                                                                   experiment_runs):
     """joblib, 3 processes at once on a cold cache and a new store; one of the four jobs is bad."""
-    result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", f"layer={','.join(LAYERS)},not_a_layer",
-                     f"data.path={cifar_dir}", *TINY, cwd=isolated)
+    result = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", f"layer={','.join(LAYERS)},not_a_layer",
+                 f"data.path={cifar_dir}", *tiny, cwd=isolated)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     assert "database is locked" not in output
     assert "1 of 4 jobs failed" in output
 
     client = MlflowClient()
-    runs = _runs(client)
+    runs = experiment_runs(client)
     (parent,) = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
     children = {r.data.params["layer"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
     assert sorted(children) == sorted([*LAYERS, "not_a_layer"])
@@ -95,31 +83,31 @@ def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_i
 
     # every image went through the CNN once: the other processes waited for the entry, then read it
     assert sum(children[layer].data.metrics["cnn_forward_images"] for layer in LAYERS) == 60 + 24
-    from tlsweep import cache, data, features, models
+    from tlsweep.stages import cache, data, features
 
     (folder,) = [p for p in (isolated / "cache").iterdir() if p.is_dir()]
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*"))
     entries = sorted(p.stem for p in folder.glob("*.npy"))
-    assert entries == sorted(p.stem for p in folder.glob("*.json") if p.stem not in ("key", "layers"))
+    assert entries == sorted(p.stem for p in folder.glob("*.json") if p.stem not in ("key", "layers", "shapes"))
     assert len(entries) == 2 * len(LAYERS) * 6  # train and test, three cuts, six classes
 
     # the entries hold what one process alone computes from scratch
     dataset = data.load_dataset(name="cifar10", path=str(cifar_dir))
-    model = models.build_backbone(name="vgg16", weights=None, input_size=32, seed=0)
     for image_set in ("train", "test"):
         for layer in LAYERS:
             kwargs = dict(dataset=dataset, image_set=image_set, layer=layer, classes=[4, 5, 6, 7, 8, 9],
                           backbone="vgg16", weights=None, seed=0, input_size=32, batch_size=16)
             shared = features.extract_features(cache_root=isolated / "cache", **kwargs)
-            alone = features.extract_features(cache_root=isolated / "alone", sweep_layers=LAYERS, model=model,
+            alone = features.extract_features(cache_root=isolated / "alone", sweep_layers=LAYERS,
                                               **kwargs)
             assert shared.cnn_images == 0
             np.testing.assert_allclose(shared.X, alone.X, rtol=1e-5, atol=1e-5)
     assert all(cache.load_entry(folder, name) is not None for name in entries)
 
 
-def test_sigkilled_sweep_is_closed_and_resumed_with_one_finished_child_per_layer(isolated, cifar_dir):
-    args = ["-m", f"layer={','.join(LAYERS)}", f"data.path={cifar_dir}", *TINY]
+def test_sigkilled_sweep_is_closed_and_resumed_with_one_finished_child_per_layer(isolated, cifar_dir, cli, tiny,
+                                                                                  experiment_runs):
+    args = ["-m", f"layer={','.join(LAYERS)}", f"data.path={cifar_dir}", *tiny]
     log_path = isolated / "killed.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tlsweep", *args], cwd=isolated, stdout=log,
@@ -134,7 +122,7 @@ def test_sigkilled_sweep_is_closed_and_resumed_with_one_finished_child_per_layer
         while not finished:
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.2)
-            finished = [r for r in _runs(client)
+            finished = [r for r in experiment_runs(client)
                         if r.info.status == "FINISHED" and r.data.tags.get("mlflow.parentRunId")]
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -142,7 +130,7 @@ def test_sigkilled_sweep_is_closed_and_resumed_with_one_finished_child_per_layer
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
-    before = _runs(client)
+    before = experiment_runs(client)
     left_running = {r.info.run_id for r in before if r.info.status == "RUNNING"}
     (killed_parent,) = [r for r in before if r.data.tags.get("tlsweep.kind") == "sweep"]
     assert killed_parent.info.run_id in left_running  # SIGKILL leaves the run RUNNING
@@ -150,14 +138,14 @@ def test_sigkilled_sweep_is_closed_and_resumed_with_one_finished_child_per_layer
             if r.info.status == "FINISHED" and r.data.tags.get("mlflow.parentRunId")}
     assert 1 <= len(done) < len(LAYERS)
 
-    result = run_cli(*args, "resume=true", cwd=isolated)
+    result = cli(*args, "resume=true", cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     for layer in done:
         assert f"resume: skipping layer={layer} " in output
     assert f"marked {len(left_running)} stale RUNNING run(s) KILLED" in output
 
-    after = {r.info.run_id: r for r in _runs(client)}
+    after = {r.info.run_id: r for r in experiment_runs(client)}
     assert not [r for r in after.values() if r.info.status == "RUNNING"]
     for run_id in left_running:
         assert after[run_id].info.status == "KILLED" and "ended without closing" in after[run_id].data.tags["error"]

@@ -11,7 +11,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,17 +22,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, write_cifar
-
 pytestmark = pytest.mark.server
 
 START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -50,9 +41,9 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_store_uri: str, folder: Path):
-    """`mlflow server --serve-artifacts` on a free 127.0.0.1 port; yields (url, artifacts folder)."""
-    port, artifacts, log = free_port(), folder / "mlartifacts", folder / "server.log"
+def mlflow_server(backend_store_uri: str, folder: Path, port: int):
+    """`mlflow server --serve-artifacts` on 127.0.0.1:port (a free one); yields (url, artifacts folder)."""
+    artifacts, log = folder / "mlartifacts", folder / "server.log"
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", "--backend-store-uri", backend_store_uri,
                "--serve-artifacts", "--artifacts-destination", str(artifacts)]
@@ -81,8 +72,8 @@ def _postgres_bin() -> Path | None:
 
 
 @contextlib.contextmanager
-def postgres_cluster():
-    """A throwaway PostgreSQL cluster on a free 127.0.0.1 port; yields the URI of a fresh database.
+def postgres_cluster(port: int):
+    """A throwaway PostgreSQL cluster on 127.0.0.1:port (a free one); yields the URI of a fresh database.
 
     PostgreSQL refuses to run as root, so under root it runs as the `postgres` user, in a folder it owns.
     """
@@ -99,7 +90,7 @@ def postgres_cluster():
             pytest.skip("running as root and there is no `postgres` user to run PostgreSQL as")
         os.chown(folder, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = folder / "data", free_port()
+    data = folder / "data"
 
     def pg(tool: str, *args: str) -> None:
         done = subprocess.run([*as_user, str(bin_dir / tool), *args], capture_output=True, text=True, timeout=120)
@@ -119,7 +110,7 @@ def postgres_cluster():
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def tracking_server(request, tmp_path):
+def tracking_server(request, tmp_path, free_port):
     """(url, artifacts folder) of a running server backed by the store named by the parameter."""
     folder = tmp_path / "server"
     folder.mkdir()
@@ -127,24 +118,24 @@ def tracking_server(request, tmp_path):
         if request.param == "sqlite":
             backend = f"sqlite:///{folder / 'backend.db'}"
         else:
-            backend = stack.enter_context(postgres_cluster())
-        yield stack.enter_context(mlflow_server(backend, folder))
+            backend = stack.enter_context(postgres_cluster(free_port()))
+        yield stack.enter_context(mlflow_server(backend, folder, free_port()))
 
 
-def _sweep(machine: str, url: str, root: Path, data: Path) -> subprocess.Popen:
+def _sweep(machine: str, url: str, root: Path, data: Path, tiny: tuple[str, ...]) -> subprocess.Popen:
     """`python -m tlsweep -m ...` as run on `machine`: its own folder and feature cache, the shared server."""
     cwd = root / machine
     cwd.mkdir()
     env = {**os.environ, "MLFLOW_TRACKING_URI": url, "TLSWEEP_CACHE_DIR": str(cwd / "cache")}
     command = [sys.executable, "-m", "tlsweep", "-m", "layer=block4_pool,block5_pool", f"data.path={data}",
-               f"tracking.machine={machine}", *TINY]
+               f"tracking.machine={machine}", *tiny]
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_machines_sweep_into_one_experiment_on_a_shared_server(tracking_server, isolated):
+def test_two_machines_sweep_into_one_experiment_on_a_shared_server(tracking_server, isolated, cifar_writer, tiny):
     url, artifacts = tracking_server
-    data = write_cifar(isolated / "data")
-    sweeps = {machine: _sweep(machine, url, isolated, data) for machine in ("alpha", "beta")}  # at the same time
+    data = cifar_writer(isolated / "data")
+    sweeps = {machine: _sweep(machine, url, isolated, data, tiny) for machine in ("alpha", "beta")}  # at the same time
     for machine, process in sweeps.items():
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, f"{machine}:\n{output[-3000:]}"

@@ -1,130 +1,200 @@
 """`python -m tlsweep`: one cut of a frozen backbone, one linear classifier, one MLflow run.
 
-cfg (Hydra) -> data.load_dataset -> features.extract_features -> classify.fit_classifier
-            -> report.classification_reports -> tracking (the run's params, metrics and artifacts)
+validate -> data.load_dataset -> features.extract_features -> classify.fit_classifier
+         -> report.classification_reports -> runs.log_job (once, with the result or the error)
+
+Inside a multirun the sweep's callback hands the job a `SweepContext` (store, experiment, parent run,
+layers to extract ahead); a single run has none and connects on its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep import cache, classify, data, features, provenance, report, tracking
-from tlsweep.callbacks import LAYERS_ENV, PARENT_ENV, RESUMED_TAG_PREFIX
-from tlsweep.config import default_cache_dir, default_tracking_uri, register_configs
+from tlsweep import provenance
+from tlsweep.config import TlsweepConfig, default_cache_dir, default_tracking_uri, register_configs
 from tlsweep.errors import ConfigError, TlsweepError
+from tlsweep.stages import cache, classify, data, features, report
+from tlsweep.sweep import context
+from tlsweep.sweep.context import SweepContext
+from tlsweep.tracking import runs
+from tlsweep.tracking.record import JobRecord, JobResult, Tag
+from tlsweep.tracking.store import Store
+from tlsweep.validate import validate
 
 log = logging.getLogger("tlsweep")
 
 register_configs()
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig, sweep: Optional[SweepContext] = None) -> float:
     """Run one configuration and return its validation accuracy (the sweep's target)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    config_id = provenance.config_hash(resolved)
-    experiment_id = tracking.connect(default_tracking_uri(cfg.tracking.uri, Path.cwd()), cfg.tracking.experiment)
-    parent_run_id = os.environ.get(PARENT_ENV)
-    if parent_run_id is None:
-        tracking.close_stale_runs(experiment_id)  # a sweep does this once, in its callback
-        tracking.project_run_id(experiment_id)  # under `mlflow run` this run logs into its run: same experiment
-    if cfg.resume:
-        done = tracking.finished_run(experiment_id, config_id)
+    started = time.time()
+    cfg = _canonical(cfg)
+    record = _job_record(cfg)
+    try:
+        config = validate(cfg)  # every config-only check, before any store, data or model is touched
+    except ConfigError as err:
+        _log(cfg, sweep, dataclasses.replace(record, error=err), started)  # a failed attempt, like any other
+        raise
+    store, experiment_id, run_id = _open_store(config, sweep)
+    if config.resume:
+        done = runs.finished_job(store, experiment_id, record.tags[Tag.CONFIG_HASH])
         if done is not None:
             log.info("resume: skipping layer=%s classes=%s C=%s, FINISHED as run %s",
-                     cfg.layer, list(cfg.data.classes), cfg.classifier.C, done["run_id"])
-            if parent_run_id:
-                tracking.set_run_tag(parent_run_id, f"{RESUMED_TAG_PREFIX}{config_id}", done["run_id"])
-            return done["metrics"].get("val_accuracy", math.nan)
-
-    tags = {
-        **provenance.machine_tags(cfg.tracking.machine),
-        tracking.HASH_TAG: config_id,
-        "layer": cfg.layer,
-        "model": cfg.model.name,
-        "classes": data.describe_classes(cfg.data.name, list(cfg.data.classes)),
-        "demo": str(cfg.demo).lower(),
-    }
-    run_name = f"{cfg.model.name}/{cfg.layer} C={cfg.classifier.C:g} classes={','.join(map(str, cfg.data.classes))}"
-    with tracking.job_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id,
-                          tags=tags) as mlrun:
-        mlrun.log_params(dict(provenance.flatten(resolved)))
-        mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        return _train_and_evaluate(cfg, mlrun)
+                     config.layer, list(config.data.classes), config.classifier.C, done.run_id)
+            if sweep is not None:
+                runs.mark_resumed(store, sweep.parent_run_id, config_hash=done.config_hash, run_id=done.run_id)
+            return math.nan if done.val_accuracy is None else done.val_accuracy
+    try:
+        result = train_and_evaluate(config, sweep_layers=sweep.sweep_layers if sweep else ())
+    except BaseException as err:
+        record = dataclasses.replace(record, error=err)
+        raise
+    else:
+        record = dataclasses.replace(record, result=result)
+    finally:
+        runs.log_job(store, experiment_id=experiment_id, run_name=_run_name(config), payload=record.payload(),
+                     started=started, parent_run_id=sweep.parent_run_id if sweep else None, run_id=run_id)
+    log.info("%s %s: train %.3f, val %.3f, test %.3f", config.model.name, config.layer, result.accuracy("train"),
+             result.accuracy("val"), result.accuracy("test"))
+    return result.accuracy("val")
 
 
-def _train_and_evaluate(cfg: DictConfig, mlrun: tracking.RunLog) -> float:
+def train_and_evaluate(config: TlsweepConfig, *, sweep_layers=()) -> JobResult:
+    """The stages, top to bottom: data, features, fit (or choose C on val and refit), evaluate."""
     start = time.perf_counter()
-    if not 0 <= cfg.seed < 2**32:  # what numpy, Keras and scikit-learn accept
-        raise ConfigError(f"seed should be an integer in [0, 2**32 - 1]; received seed={cfg.seed}")
-    if cfg.data.image_size is not None and cfg.data.image_size < 1:
-        raise ConfigError(f"data.image_size should be null or a positive size; received data.image_size={cfg.data.image_size}")
-    classify.validate_classifier(**_classifier_args(cfg))
-    cache_root = cache.ensure_writable(default_cache_dir(cfg.cache_dir))
-    dataset = data.load_dataset(name=cfg.data.name, path=cfg.data.path)
-    classes = data.validate_classes(cfg.data.classes, dataset.class_names)
+    cache_root = cache.ensure_writable(default_cache_dir(config.cache_dir))
+    dataset = data.load_dataset(name=config.data.name, path=config.data.path)
+    classes = list(config.data.classes)
     names = [dataset.class_names[c] for c in classes]
-    # split on the labels alone, so a bad val_fraction fails before the CNN runs
-    train_idx, val_idx = data.split_train_val(data.subset_labels(dataset.train, classes),
-                                              val_fraction=cfg.data.val_fraction, seed=cfg.seed)
-    sweep_layers = [layer for layer in os.environ.get(LAYERS_ENV, "").split(",") if layer]
-    common = dict(
-        dataset=dataset, layer=cfg.layer, classes=classes, backbone=cfg.model.name, weights=cfg.model.weights,
-        seed=cfg.seed,
-        input_size=dataset.train.images.shape[1] if cfg.data.image_size is None else cfg.data.image_size,
-        batch_size=cfg.model.batch_size, cache_root=cache_root, sweep_layers=sweep_layers,
-    )
+    # split on the labels alone, so a bad val_fraction or train_per_class fails before the CNN runs
+    labels = data.subset_labels(dataset.train, classes)
+    train_idx, val_idx = data.split_train_val(labels, val_fraction=config.data.val_fraction, seed=config.seed)
+    if config.data.train_per_class is not None:
+        train_idx = data.few_shot(train_idx, labels, per_class=config.data.train_per_class, seed=config.seed)
+    input_size = dataset.train.images.shape[1] if config.data.image_size is None else config.data.image_size
+    common = dict(dataset=dataset, layer=config.layer, classes=classes, backbone=config.model.name,
+                  weights=config.model.weights, seed=config.seed, input_size=input_size,
+                  batch_size=config.model.batch_size, cache_root=cache_root, sweep_layers=sweep_layers,
+                  pooling=config.features.pooling, grid_size=config.features.grid_size)
     train = features.extract_features(image_set="train", **common)
     test = features.extract_features(image_set="test", **common)
-    mlrun.set_tags({"data.fingerprint": dataset.fingerprint, "weights.fingerprint": train.weights_id})
-    mlrun.log_params({"feature_dim": train.dim, "n_train": len(train_idx), "n_val": len(val_idx),
-                      "n_test": len(test.y)})
 
-    estimator = classify.make_classifier(seed=cfg.seed, **_classifier_args(cfg))
-    # gathered straight from the per-class cache files: the whole train set is never in memory twice
-    splits = {"train": (train.take(train_idx), train.y[train_idx]), "val": (train.take(val_idx), train.y[val_idx]),
-              "test": (test.X, test.y)}
-    fit = classify.fit_classifier(estimator=estimator, X=splits["train"][0], y=splits["train"][1])
-    reports = report.classification_reports(estimator=fit.estimator, splits=splits, labels=classes, names=names)
-
-    metrics = report.report_metrics(reports, names)
-    metrics.update(
-        extraction_seconds=train.extraction_seconds + test.extraction_seconds,
+    evaluate = functools.partial(report.classification_reports, labels=classes, names=names,
+                                 title=f"{config.model.name} {config.layer}: ")
+    reports, fit, search = _fit_and_evaluate(config, train=train, test=test, train_idx=train_idx, val_idx=val_idx,
+                                             evaluate=evaluate)
+    return JobResult(
+        splits=reports, class_names=names, feature_dim=train.dim, n_train=len(train_idx), n_val=len(val_idx),
+        n_test=len(test.y), layer_index=train.layer_index, data_fingerprint=dataset.fingerprint,
+        weights_fingerprint=train.weights_id, extraction_seconds=train.extraction_seconds + test.extraction_seconds,
         cnn_forward_images=train.cnn_images + test.cnn_images,
-        fit_seconds=fit.fit_seconds, n_iter=fit.n_iter, converged=float(fit.converged),
-        layer_index=train.layer_index, total_seconds=time.perf_counter() - start,
+        fit_seconds=fit.fit_seconds + (search.search_seconds if search else 0.0), n_iter=fit.n_iter,
+        converged=fit.converged, fit_warnings=(search.best.warnings if search else []) + fit.warnings,
+        total_seconds=time.perf_counter() - start, n_fit=fit.n_fit, selected_C=float(fit.estimator[-1].C),
+        split_digest=data.split_digest(train_idx, val_idx),
+        search_Cs=search.Cs if search else (), search_val_accuracy=search.val_accuracy if search else (),
+        search_png=report.search_plot(search.Cs, search.val_accuracy, search.selected_C,
+                                      title=f"{config.model.name} {config.layer}") if search else None,
     )
-    mlrun.log_metrics(metrics)
-    for item in reports:
-        mlrun.log_text(item.text, f"reports/{item.split}_classification_report.txt")
-        mlrun.log_dict(item.table, f"reports/{item.split}_classification_report.json")
-        mlrun.log_figure(item.confusion, f"confusion/{item.split}_confusion_matrix.png")
-    if fit.warnings:
-        mlrun.log_text("\n".join(fit.warnings) + "\n", "fit_warnings.txt")
-    log.info("%s %s: train %.3f, val %.3f, test %.3f", cfg.model.name, cfg.layer, metrics["train_accuracy"],
-             metrics["val_accuracy"], metrics["test_accuracy"])
-    return metrics["val_accuracy"]
 
 
-def _classifier_args(cfg: DictConfig) -> dict:
-    c = cfg.classifier
-    return dict(name=c.name, C=c.C, loss=c.loss, max_iter=c.max_iter, tol=c.tol, dual=c.dual)
+def _fit_and_evaluate(config: TlsweepConfig, *, train: features.Features, test: features.Features,
+                      train_idx: np.ndarray, val_idx: np.ndarray, evaluate) -> tuple:
+    """Fit with the configured C and report train, val and test; or, with C=auto, choose C on val and refit.
+
+    Under C=auto, train and val are reported by the fit that chose C (fitted on train, so val stayed held
+    out), and test by the refit on train+val, evaluated once. Returns (reports, final fit, search or None).
+    """
+    spec = config.classifier
+    probe = dict(name=spec.name, loss=spec.loss, max_iter=spec.max_iter, tol=spec.tol, dual=spec.dual,
+                 seed=config.seed)
+    # gathered straight from the per-class cache files: the whole train set is never in memory twice
+    held_in = {"train": (train.take(train_idx), train.y[train_idx]), "val": (train.take(val_idx), train.y[val_idx])}
+    test_split = {"test": (test.X, test.y)}
+    if spec.C != classify.AUTO:
+        fit = classify.fit_classifier(
+            estimator=classify.make_classifier(normalize=config.features.normalize, C=spec.C, **probe),
+            X=held_in["train"][0], y=held_in["train"][1])
+        return evaluate(estimator=fit.estimator, splits={**held_in, **test_split}), fit, None
+
+    (X_train, y_train), (X_val, y_val) = held_in["train"], held_in["val"]
+    search = classify.search_C(normalize=config.features.normalize, grid=spec.C_grid, X_train=X_train,
+                               y_train=y_train, X_val=X_val, y_val=y_val, **probe)
+    reports = evaluate(estimator=search.best.estimator, splits=held_in)
+    del held_in, X_train, X_val  # before train+val is gathered: the peak stays one copy of the fit rows
+    fit_rows = np.sort(np.concatenate([train_idx, val_idx]))
+    fit = classify.fit_classifier(
+        estimator=classify.make_classifier(normalize=config.features.normalize, C=search.selected_C, **probe),
+        X=train.take(fit_rows), y=train.y[fit_rows])
+    return reports + evaluate(estimator=fit.estimator, splits=test_split), fit, search
+
+
+def _canonical(cfg: DictConfig) -> DictConfig:
+    """The config as logged and hashed: `classifier.C=1` is the number 1.0, as `classifier.C: float` made it."""
+    C = cfg.classifier.C
+    if isinstance(C, int) and not isinstance(C, bool):
+        cfg = cfg.copy()
+        cfg.classifier.C = float(C)
+    return cfg
+
+
+def _job_record(cfg: DictConfig) -> JobRecord:
+    """What this job is, before it runs: its config as params and YAML, and the tags that find it again."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tags = {
+        **provenance.machine_tags(cfg.tracking.machine),
+        Tag.CONFIG_HASH: provenance.config_hash(resolved),
+        Tag.LAYER: cfg.layer,
+        Tag.MODEL: cfg.model.name,
+        Tag.CLASSES: data.describe_classes(cfg.data.name, list(cfg.data.classes)),
+        Tag.DEMO: str(cfg.demo).lower(),
+    }
+    return JobRecord(params=dict(provenance.flatten(resolved)), config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+                     tags=tags)
+
+
+def _run_name(config) -> str:
+    classes = ",".join(map(str, config.data.classes))
+    C = config.classifier.C
+    return f"{config.model.name}/{config.layer} C={C if isinstance(C, str) else format(C, 'g')} classes={classes}"
+
+
+def _open_store(config, sweep: Optional[SweepContext]) -> tuple[Store, str, Optional[str]]:
+    """The sweep's store, or for a single run its own (and the run `mlflow run` opened for it, if any)."""
+    if sweep is not None:
+        return Store(sweep.tracking_uri), sweep.experiment_id, None
+    store, experiment_id = runs.connect(default_tracking_uri(config.tracking.uri, Path.cwd()),
+                                        config.tracking.experiment)
+    outer = context.outer_run_id()
+    return store, experiment_id, outer and runs.outer_run(store, outer, experiment_id=experiment_id)
+
+
+def _log(cfg: DictConfig, sweep: Optional[SweepContext], record: JobRecord, started: float) -> None:
+    store, experiment_id, run_id = _open_store(cfg, sweep)
+    runs.log_job(store, experiment_id=experiment_id, run_name=_run_name(cfg), payload=record.payload(),
+                 started=started, parent_run_id=sweep.parent_run_id if sweep else None, run_id=run_id)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return run(cfg)
+        return run(cfg, sweep=context.received())
     except TlsweepError as err:
         log.error("%s", err)
         if multirun:  # the run is marked FAILED; the sweep goes on and exits non-zero at its end

@@ -18,10 +18,12 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from tlsweep import summary, tracking
-from tlsweep.callbacks import publish_summary, resumed_runs
 from tlsweep.config import default_tracking_uri
 from tlsweep.errors import ConfigError, TlsweepError
+from tlsweep.sweep import summary
+from tlsweep.tracking import runs
+from tlsweep.tracking.record import Artifact, Kind, Payload, RunRecord, StoredRun, Tag, write_files
+from tlsweep.tracking.store import Store
 
 log = logging.getLogger("tlsweep.compare")
 
@@ -30,30 +32,29 @@ MACHINE_VALUES = ["test_accuracy", "val_accuracy", "extraction_seconds", "fit_se
 
 
 def select_runs(
-    *, experiments: Sequence[str], parent: Optional[str] = None, machines: Sequence[str] = (),
+    store: Store, *, experiments: Sequence[str], parent: Optional[str] = None, machines: Sequence[str] = (),
     classes: Sequence[str] = (), search: str = "",
-) -> list[dict]:
+) -> list[StoredRun]:
     """Job runs of `experiments` that match every filter given; a parent brings its resumed runs along."""
     ids = []
     for name in experiments:
-        found = tracking.experiment_id(name)
+        found = store.experiment_id(name)
         if found is None:
             raise ConfigError(f"no experiment named {name!r} in the tracking store; received --experiment={name}")
         ids.append(found)
-    clauses = [f"tags.`{tracking.KIND_TAG}` = 'job'"]
+    clauses = [f"tags.`{Tag.KIND}` = '{Kind.JOB}'"]
     if parent:
-        clauses.append(f"tags.`{tracking.PARENT_TAG}` = '{_quoted('parent', parent)}'")
+        clauses.append(f"tags.`{Tag.PARENT}` = '{_quoted('parent', parent)}'")
     if search:
         clauses.append(search)
-    selected: dict[str, dict] = {}
+    selected: dict[str, StoredRun] = {}
     # MLflow's search has no OR: one query per (machine, classes) pair the user named
     for machine, subset in itertools.product(machines or [None], classes or [None]):
-        query = clauses + ([f"tags.machine = '{_quoted('machine', machine)}'"] if machine else [])
-        query += [f"tags.classes = '{_quoted('classes', subset)}'"] if subset else []
-        for run in tracking.find_runs(ids, " and ".join(query)):
-            selected[run["run_id"]] = run
+        query = clauses + ([f"tags.`{Tag.MACHINE}` = '{_quoted('machine', machine)}'"] if machine else [])
+        query += [f"tags.`{Tag.CLASSES}` = '{_quoted('classes', subset)}'"] if subset else []
+        selected.update((run.run_id, run) for run in store.find(ids, " and ".join(query)))
     if parent:  # already checked by the children's query above
-        selected.update((run["run_id"], run) for run in resumed_runs(ids, parent))
+        selected.update((run.run_id, run) for run in runs.resumed_runs(store, ids, parent))
     return list(selected.values())
 
 
@@ -81,38 +82,25 @@ def machine_view(table: pd.DataFrame) -> pd.DataFrame:
     return wide.sort_values(["model", "classes", "C", "layer_index", "layer"]).drop(columns="layer_index")
 
 
-def machine_markdown(by_machine: pd.DataFrame) -> str:
-    return by_machine.to_markdown(index=False, floatfmt=".4g") + "\n"
+def comparison_files(table: pd.DataFrame, by_machine: pd.DataFrame) -> dict[str, str | bytes]:
+    """The sweep's own summary files, plus the per-machine view as CSV and markdown."""
+    return {
+        **summary.summary_files(table),
+        "by_machine.csv": by_machine.to_csv(index=False),
+        "by_machine.md": by_machine.to_markdown(index=False, floatfmt=".4g") + "\n",
+    }
 
 
-def write_folder(folder: Path, table: pd.DataFrame, by_machine: pd.DataFrame) -> None:
-    """The comparison as files: the tables as CSV and markdown, the plots as PNG."""
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "comparison.csv").write_text(table.to_csv(index=False))
-    (folder / "comparison.md").write_text(summary.to_markdown(table))
-    (folder / "by_machine.csv").write_text(by_machine.to_csv(index=False))
-    (folder / "by_machine.md").write_text(machine_markdown(by_machine))
-    for name, figure in {**summary.accuracy_vs_layer(table), **summary.val_accuracy_vs_C(table)}.items():
-        figure.savefig(folder / name)
-        plt.close(figure)
-
-
-def log_summary_run(*, experiment: str, runs: list[dict], by_machine: pd.DataFrame, tags: dict[str, str]) -> str:
+def log_summary_run(store: Store, *, experiment: str, files: dict, tags: dict[str, str]) -> str:
     """A new run (tag tlsweep.kind=summary) holding the comparison, as a sweep's parent holds its own."""
-    run_id = tracking.start_summary_run(
-        experiment_id=tracking.experiment_id(experiment), run_name=f"compare {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        tags=tags,
-    )
+    run_id = runs.start_parent(store, experiment_id=store.experiment_id(experiment),
+                               run_name=runs.timestamped("compare"), kind=Kind.SUMMARY, tags=tags)
     try:
-        publish_summary(run_id, runs)
-        tracking.log_run_text(run_id, by_machine.to_csv(index=False), "summary/by_machine.csv")
-        tracking.log_run_text(run_id, machine_markdown(by_machine), "summary/by_machine.md")
+        store.write(run_id, Payload(files=files), under=Artifact.SUMMARY_FOLDER)
     except BaseException:
-        tracking.end_run(run_id, failed=True)
+        runs.end(store, run_id, failed=True)
         raise
-    tracking.end_run(run_id, failed=False)
+    runs.end(store, run_id, failed=False)
     return run_id
 
 
@@ -138,15 +126,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     experiments = args.experiment or ["tlsweep"]
     try:
         uri = default_tracking_uri(args.tracking_uri, Path.cwd())
-        tracking.open_store(uri)
-        runs = select_runs(experiments=experiments, parent=args.parent, machines=args.machine,
-                           classes=args.classes, search=args.filter)
-        if not runs:
+        store = Store.open(uri)
+        found = select_runs(store, experiments=experiments, parent=args.parent, machines=args.machine,
+                            classes=args.classes, search=args.filter)
+        if not found:
             raise ConfigError(f"no job runs in {', '.join(experiments)} at {uri} match the filters given")
-        table = summary.comparison_table(runs)
-        by_machine = machine_view(table)
+        table = summary.comparison_table([RunRecord.parse(run) for run in found])
+        files = comparison_files(table, machine_view(table))
         if args.out:
-            write_folder(args.out.resolve(), table, by_machine)
+            write_files(args.out.resolve(), files)
             log.info("comparison of %d runs written to %s", len(table), args.out.resolve())
         else:
             tags = {"compare.experiments": ",".join(experiments), "compare.runs": str(len(table)),
@@ -154,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             tags.update({f"compare.{key}": str(value) for key, value in
                          (("parent", args.parent), ("machine", ",".join(args.machine)),
                           ("classes", ";".join(args.classes)), ("filter", args.filter)) if value})
-            run_id = log_summary_run(experiment=experiments[0], runs=runs, by_machine=by_machine, tags=tags)
+            run_id = log_summary_run(store, experiment=experiments[0], files=files, tags=tags)
             log.info("comparison of %d runs logged to summary run %s in %r", len(table), run_id, experiments[0])
     except TlsweepError as err:
         log.error("%s", err)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
+import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
@@ -28,16 +29,30 @@ class DataConfig:
     classes: List[int] = field(default_factory=lambda: [4, 5, 6, 7, 8, 9])
     val_fraction: float = 0.2
     image_size: Optional[int] = None  # null keeps the native size (32x32 for CIFAR-10)
+    train_per_class: Optional[int] = None  # few-shot: k seeded training images per class; null: all
+
+
+def _default_C_grid() -> list[float]:
+    # Kornblith et al. 2019 and DINOv2's linear probe: 45 values, log-spaced from 1e-6 to 1e5
+    return [float(f"{C:.6g}") for C in np.logspace(-6, 5, 45)]
 
 
 @dataclass
 class ClassifierConfig:
-    name: str = "linear_svc"  # linear_svc (liblinear) or lbfgs_svc (same problem, float32, no copies)
-    C: float = 0.1
+    name: str = "linear_svc"  # linear_svc (liblinear), lbfgs_svc (same problem, float32, no copies) or logreg
+    C: Any = 0.1  # a positive number, or auto: chosen on validation over C_grid, then refit on train+val
+    C_grid: List[float] = field(default_factory=_default_C_grid)
     loss: str = "squared_hinge"
     max_iter: int = 1000
     tol: float = 1e-4
     dual: str = "auto"  # LinearSVC's dual: auto, true or false
+
+
+@dataclass
+class FeaturesConfig:
+    pooling: str = "flatten"  # flatten (the original study), avg, max, or grid (VISSL's bounded size)
+    grid_size: int = 2  # grid: adaptive average pooling of each channel to grid_size x grid_size
+    normalize: str = "none"  # none, l2 (each row) or standardize (statistics from the fit rows only)
 
 
 @dataclass
@@ -53,6 +68,7 @@ class TlsweepConfig:
     data: DataConfig = MISSING
     classifier: ClassifierConfig = MISSING
     tracking: TrackingConfig = MISSING
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     layer: str = "${model.default_layer}"
     seed: int = 0
     cache_dir: Optional[str] = None  # null: $TLSWEEP_CACHE_DIR, else ~/.cache/tlsweep

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
-import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -15,17 +12,14 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from tlsweep.errors import ConfigError, DataError, FetchError
+from tlsweep.stages import cifar10
+from tlsweep.stages.cifar10 import CLASSES as CIFAR10_CLASSES
 
 log = logging.getLogger(__name__)
 
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "digits": DIGITS_CLASSES}
 DATASETS = tuple(CLASS_NAMES)
-_CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-_CIFAR_TEST_BATCH = "test_batch"
 
 
 @dataclass(frozen=True)
@@ -59,24 +53,7 @@ def load_dataset(*, name: str, path: Optional[str]) -> Dataset:
         "cifar10": load_cifar10,
         "digits": load_digits,
     }
-    if name not in loaders:
-        raise ConfigError(f"data.name should be one of {list(DATASETS)}; received data.name={name!r}")
     return loaders[name](path)
-
-
-def validate_classes(classes: Sequence[int], class_names: Sequence[str]) -> list[int]:
-    """A class subset must name at least two distinct, valid classes."""
-    classes = list(classes)
-    allowed = f"integers 0..{len(class_names) - 1}"
-    bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < len(class_names)]
-    if bad:
-        raise ConfigError(f"data.classes should hold {allowed}; received data.classes={classes} ({bad} out of range)")
-    dupes = sorted({c for c in classes if classes.count(c) > 1})
-    if dupes:
-        raise ConfigError(f"data.classes should not repeat a class; received data.classes={classes} ({dupes} repeated)")
-    if len(classes) < 2:
-        raise ConfigError(f"data.classes should hold at least two of {allowed}; received data.classes={classes}")
-    return classes
 
 
 def subset_labels(images: ImageSet, classes: Sequence[int]) -> np.ndarray:
@@ -92,8 +69,6 @@ def describe_classes(name: str, classes: Sequence[int]) -> str:
 
 def split_train_val(labels: np.ndarray, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded split of positions 0..n-1 into train and val."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction should be in the open interval (0, 1); received data.val_fraction={val_fraction}")
     counts = np.bincount(labels)
     smallest = int(counts[counts > 0].min())
     # stratified: the smallest class gives about smallest * val_fraction images to val and must keep one
@@ -113,6 +88,27 @@ def split_train_val(labels: np.ndarray, *, val_fraction: float, seed: int) -> tu
     except ValueError as err:
         raise ConfigError(f"data.val_fraction={val_fraction} cannot split these classes: {err}") from err
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def few_shot(rows: np.ndarray, labels: np.ndarray, *, per_class: int, seed: int) -> np.ndarray:
+    """`per_class` seeded rows of each class, drawn from `rows` (positions into `labels`), sorted."""
+    counts = {int(label): int(np.sum(labels[rows] == label)) for label in np.unique(labels[rows])}
+    if per_class > min(counts.values()):
+        raise ConfigError(
+            f"data.train_per_class should be at most {min(counts.values())}, the training images of the smallest "
+            f"class after the val split; received data.train_per_class={per_class}"
+        )
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(rows[labels[rows] == label], size=per_class, replace=False) for label in counts]
+    return np.sort(np.concatenate(chosen))
+
+
+def split_digest(*splits: np.ndarray) -> str:
+    """A short hash of the row indices of each split, so two runs can show they fitted on the same rows."""
+    digest = hashlib.sha256()
+    for rows in splits:
+        digest.update(np.asarray(rows, dtype=np.int64).tobytes() + b"|")
+    return digest.hexdigest()[:16]
 
 
 def _fingerprint(name: str, *arrays: np.ndarray) -> str:
@@ -155,67 +151,12 @@ def load_cifar10(path: Optional[str] = None) -> Dataset:
             f"data.path should be a cifar-10-python.tar.gz file or a cifar-10-batches-py folder; "
             f"received data.path={path!r}, which does not exist"
         )
-    batches = _read_cifar_batches(location)
-    x_train = np.concatenate([batches[b][0] for b in _CIFAR_TRAIN_BATCHES])
-    y_train = np.concatenate([batches[b][1] for b in _CIFAR_TRAIN_BATCHES])
-    x_test, y_test = batches[_CIFAR_TEST_BATCH]
+    x_train, y_train, x_test, y_test = cifar10.read_batches(location)
     return _dataset("cifar10", CIFAR10_CLASSES, x_train, y_train, x_test, y_test, str(location.resolve()))
-
-
-def _read_cifar_batches(location: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    wanted = (*_CIFAR_TRAIN_BATCHES, _CIFAR_TEST_BATCH)
-    raw: dict[str, bytes] = {}
-    try:
-        if location.is_dir():
-            folder = location / "cifar-10-batches-py" if (location / "cifar-10-batches-py").is_dir() else location
-            for name in wanted:
-                if (folder / name).is_file():
-                    raw[name] = (folder / name).read_bytes()
-        else:
-            with tarfile.open(location, "r:*") as archive:
-                for member in archive:
-                    base = member.name.rsplit("/", 1)[-1]
-                    if member.isfile() and base in wanted:
-                        raw[base] = archive.extractfile(member).read()
-                # read to the end of the compressed stream, so gzip checks its CRC and length: a flipped
-                # byte can otherwise decode to garbage that merely ends the member listing early
-                while archive.fileobj.read(1 << 22):
-                    pass
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        reason = str(err).splitlines()[0].rstrip(":") if str(err) else ""
-        raise DataError(
-            f"data.path={str(location)!r} is not a readable CIFAR-10 archive, or is truncated or corrupt "
-            f"({type(err).__name__}: {reason}); expected cifar-10-python.tar.gz or its cifar-10-batches-py folder"
-        ) from None
-    missing = [name for name in wanted if name not in raw]
-    if missing:
-        raise DataError(
-            f"data.path={str(location)!r} is not a CIFAR-10 python-version copy: missing {missing}; "
-            "expected cifar-10-python.tar.gz or its cifar-10-batches-py folder"
-        )
-    return {name: _decode_cifar_batch(name, blob, location) for name, blob in raw.items()}
-
-
-def _decode_cifar_batch(name: str, blob: bytes, location: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        entry = pickle.loads(blob, encoding="bytes")
-        data = np.asarray(entry[b"data"], dtype=np.uint8)
-        labels = np.asarray(entry[b"labels"], dtype=np.int64)
-        images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    except Exception as err:  # a torn pickle can raise almost anything
-        raise DataError(
-            f"data.path={str(location)!r}: batch {name!r} is truncated or corrupt ({type(err).__name__}); "
-            "re-download cifar-10-python.tar.gz"
-        ) from None
-    if len(labels) != len(images) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
-        raise DataError(f"data.path={str(location)!r}: batch {name!r} has labels that do not match its images")
-    return np.ascontiguousarray(images), labels
 
 
 def load_digits(path: Optional[str] = None) -> Dataset:
     """scikit-learn's bundled 8x8 digits as RGB uint8 images; a fixed 80/20 train/test split."""
-    if path is not None:
-        raise ConfigError(f"data.path should be null for data.name='digits' (bundled with scikit-learn); received data.path={path!r}")
     from sklearn.datasets import load_digits as sklearn_digits
 
     digits = sklearn_digits()

@@ -26,8 +26,6 @@ BACKBONES = {
 
 
 def _application(name: str):
-    if name not in BACKBONES:
-        raise ConfigError(f"model.name should be one of {sorted(BACKBONES)}; received model.name={name!r}")
     module_name, constructor, _ = BACKBONES[name]
     return importlib.import_module(f"keras.applications.{module_name}"), constructor
 
@@ -91,7 +89,13 @@ def build_backbone(*, name: str, weights: Optional[str], input_size: int, seed: 
 
 def cut_layer_names(model) -> list[str]:
     """Every layer a feature can be taken from: all but the input."""
-    return [layer.name for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    return list(cut_shapes(model))
+
+
+def cut_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Each cut layer's output shape per image: (H, W, C) for a feature map."""
+    return {layer.name: tuple(int(d) for d in layer.output.shape[1:]) for layer in model.layers
+            if type(layer).__name__ != "InputLayer"}
 
 
 def validate_layers(model, layers: Sequence[str], *, model_name: str) -> None:

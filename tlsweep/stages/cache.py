@@ -1,7 +1,11 @@
 """On-disk feature store: float32 .npy entries, written atomically, checked on every load.
 
-Each entry is `<name>.npy` plus a `<name>.json` sidecar holding its shape, dtype and sha256. An entry
-counts only when both agree; a torn, truncated or corrupt file is logged, removed and recomputed.
+One folder per feature key holds `key.json` (what the features depend on), `layers.json` (the backbone's
+cut layers, input first), `shapes.json` (each cut's map shape, so any pooling can be computed from the
+flattened map) and one entry per (image set, layer, class). Each entry is `<name>.npy` plus a
+`<name>.json` sidecar holding its shape, dtype and sha256. An entry counts only when both agree; a torn,
+truncated or corrupt file is logged, removed and recomputed. `FeatureCache` is the only reader and writer
+of this layout.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from filelock import FileLock
@@ -115,3 +119,56 @@ def lock(folder: Path, name: str) -> FileLock:
     """One process computes a feature set; others with the same key wait, then read it."""
     folder.mkdir(parents=True, exist_ok=True)
     return FileLock(str(folder / f"{name}.lock"), timeout=LOCK_TIMEOUT_S)
+
+
+class FeatureCache:
+    """The entries of one feature key, under `root`: what `features` reads, writes, locks and cleans."""
+
+    def __init__(self, root: Path, key: Mapping[str, Any], *, label: str):
+        text = json.dumps(dict(key), sort_keys=True)
+        self.key = dict(key)
+        self.folder = root / f"{label}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+    @staticmethod
+    def _name(image_set: str, layer: str, label: int) -> str:
+        return f"{image_set}-{layer}-class{label}"
+
+    def load(self, image_set: str, layer: str, classes: Sequence[int]) -> Optional[list[np.ndarray]]:
+        """One memory-mapped array per class, or None when any class is missing or corrupt."""
+        parts = []
+        for label in classes:
+            entry = load_entry(self.folder, self._name(image_set, layer, label))
+            if entry is None:
+                return None
+            parts.append(entry)
+        return parts
+
+    def has(self, image_set: str, layer: str, label: int) -> bool:
+        """Whether the entry was committed (its checks run when it is loaded)."""
+        return (self.folder / f"{self._name(image_set, layer, label)}.json").exists()
+
+    def new_entry(self, image_set: str, layer: str, label: int, shape: tuple[int, ...]):
+        return new_entry(self.folder, self._name(image_set, layer, label), shape)
+
+    def lock(self, image_set: str) -> FileLock:
+        return lock(self.folder, image_set)
+
+    def record_layers(self, layers: Sequence[str], shapes: Mapping[str, Sequence[int]]) -> None:
+        """Write the key (once), the backbone's cut layers and their map shapes; cache hits read them unlocked."""
+        if not (self.folder / "key.json").exists():
+            write_json(self.folder / "key.json", self.key)
+        write_json(self.folder / "layers.json", list(layers))
+        write_json(self.folder / "shapes.json", {name: list(shape) for name, shape in shapes.items()})
+
+    def layers(self) -> list[str]:
+        return json.loads((self.folder / "layers.json").read_text())
+
+    def map_shape(self, layer: str) -> Optional[list[int]]:
+        """The cut's output shape per image, (H, W, C) for a map; None where an older entry lacks it."""
+        path = self.folder / "shapes.json"
+        return json.loads(path.read_text()).get(layer) if path.exists() else None
+
+    def clear_unfinished(self, image_set: str) -> None:
+        """Remove what a killed extraction left half-written; call it holding the image set's lock."""
+        for stale in self.folder.glob(f".{image_set}-*.tmp"):
+            stale.unlink(missing_ok=True)

@@ -16,20 +16,20 @@ import warnings
 
 import numpy as np
 from scipy.optimize import minimize
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils.validation import check_X_y
+from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
 
-class LbfgsSVC(LinearClassifierMixin, BaseEstimator):
+class LbfgsSVC(ClassifierMixin, BaseEstimator):
     """Squared-hinge linear SVM (one-vs-rest) fitted by L-BFGS without copying X."""
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4):
+    def __init__(self, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4, warm_start: bool = False):
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
+        self.warm_start = warm_start  # start from the last fit's solution (a C path), as LogisticRegression does
 
     def fit(self, X, y):
         X, y = check_X_y(X, y, dtype=[np.float32, np.float64], copy=False)
@@ -47,10 +47,14 @@ class LbfgsSVC(LinearClassifierMixin, BaseEstimator):
             grad = np.vstack([X.T @ G, G.sum(axis=0, keepdims=True)]).astype(np.float64) + flat.reshape(-1, k)
             return loss, grad.ravel()
 
-        start = np.zeros((n_features + 1) * k)
+        zero = np.zeros((n_features + 1) * k)
         # liblinear's rule: stop when the gradient has shrunk by `tol` relative to its value at w = 0. An
         # absolute tolerance sits below float32 noise on large X, where the line search then fails.
-        gtol = self.tol * float(np.max(np.abs(objective(start)[1])))
+        gtol = self.tol * float(np.max(np.abs(objective(zero)[1])))
+        start = zero
+        if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == (k, n_features) \
+                and np.array_equal(getattr(self, "_fitted_classes", ()), self.classes_):
+            start = np.vstack([self.coef_.T, self.intercept_[None, :]]).astype(np.float64).ravel()
         result = minimize(
             objective,
             start,
@@ -62,6 +66,7 @@ class LbfgsSVC(LinearClassifierMixin, BaseEstimator):
         self.coef_ = W[:-1].T.astype(X.dtype)
         self.intercept_ = W[-1].astype(X.dtype)
         self.n_iter_ = np.array([result.nit])
+        self._fitted_classes = self.classes_
         if not result.success:
             warnings.warn(
                 f"L-BFGS did not converge in {result.nit} iterations ({result.message}); "
@@ -69,3 +74,15 @@ class LbfgsSVC(LinearClassifierMixin, BaseEstimator):
                 ConvergenceWarning,
             )
         return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Signed distance to each one-vs-rest hyperplane; one column (raveled) for two classes."""
+        check_is_fitted(self)
+        X = check_array(X, dtype=[np.float32, np.float64])
+        scores = X @ self.coef_.T + self.intercept_
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict(self, X) -> np.ndarray:
+        scores = self.decision_function(X)
+        indices = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+        return self.classes_[indices]

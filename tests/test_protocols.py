@@ -1,0 +1,168 @@
+"""The field's probing protocols: C chosen on validation and refit, pooling, normalisation, logistic
+regression, few-shot and repeats, the sweep's answer chosen without test, and determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.datasets import load_digits
+from sklearn.metrics import accuracy_score
+from sklearn.model_selection import train_test_split
+
+from tlsweep.__main__ import run
+from tlsweep.config import _default_C_grid
+from tlsweep.stages import classify, features
+from tlsweep.sweep import summary
+from tlsweep.tracking.record import RunRecord, StoredRun
+
+PROBE = dict(loss="squared_hinge", max_iter=1000, tol=1e-4, dual="auto", seed=0)
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    X_train, X_val, y_train, y_val = train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)
+    return X_train, y_train, X_val, y_val
+
+
+def _val_accuracy(name, loss, C, normalize, digits_split) -> float:
+    X_train, y_train, X_val, y_val = digits_split
+    estimator = classify.make_classifier(normalize=normalize, name=name, C=C, **{**PROBE, "loss": loss})
+    return accuracy_score(y_val, estimator.fit(X_train, y_train).predict(X_val))
+
+
+@pytest.mark.parametrize("name, loss", [("linear_svc", "squared_hinge"), ("lbfgs_svc", "squared_hinge"),
+                                        ("logreg", "log_loss")])
+def test_coarse_to_fine_search_picks_a_C_as_good_on_val_as_the_whole_grid(digits_split, name, loss):
+    X_train, y_train, X_val, y_val = digits_split
+    grid = _default_C_grid()
+    found = classify.search_C(normalize="standardize", grid=grid, X_train=X_train, y_train=y_train, X_val=X_val,
+                              y_val=y_val, name=name, **{**PROBE, "loss": loss})
+    assert len(found.Cs) < len(grid) / 2  # far fewer fits than the grid
+    assert found.Cs == sorted(found.Cs) and found.selected_C in found.Cs
+    every = {C: _val_accuracy(name, loss, C, "standardize", digits_split) for C in grid}
+    # the chosen C scores, refitted from scratch, as well as the whole grid's best (warm starts may shift a
+    # fit by a hair, so allow one validation image)
+    assert _val_accuracy(name, loss, found.selected_C, "standardize", digits_split) >= max(every.values()) - 1 / len(y_val)
+    assert max(found.val_accuracy) == found.val_accuracy[found.Cs.index(found.selected_C)]
+
+
+def test_pooling_of_a_known_map():
+    maps = np.arange(2 * 5 * 4 * 3, dtype=np.float32).reshape(2, 5, 4, 3)
+    flat = maps.reshape(2, -1)
+    pooled = {name: features.pool(flat, map_shape=(5, 4, 3), pooling=name, grid_size=2) for name in features.POOLINGS}
+    np.testing.assert_array_equal(pooled["flatten"], flat)
+    np.testing.assert_allclose(pooled["avg"], maps.mean(axis=(1, 2)))
+    np.testing.assert_array_equal(pooled["max"], maps.max(axis=(1, 2)))
+    # adaptive bins over 5 rows: [0, 3) and [2, 5); over 4 columns: [0, 2) and [2, 4)
+    expected = np.stack([maps[:, 0:3, 0:2].mean(axis=(1, 2)), maps[:, 0:3, 2:4].mean(axis=(1, 2)),
+                         maps[:, 2:5, 0:2].mean(axis=(1, 2)), maps[:, 2:5, 2:4].mean(axis=(1, 2))], axis=1)
+    np.testing.assert_allclose(pooled["grid"], expected.reshape(2, -1))
+    for name, values in pooled.items():
+        assert values.shape[1] == features.pooled_dim((5, 4, 3), pooling=name, grid_size=2)
+
+
+def test_every_pooling_comes_from_one_cnn_pass(isolated, cifar_dir):
+    from tlsweep.stages import data
+
+    dataset = data.load_dataset(name="cifar10", path=str(cifar_dir))
+    kwargs = dict(dataset=dataset, image_set="train", layer="block3_pool", classes=[4, 5], backbone="vgg16",
+                  weights=None, seed=0, input_size=32, batch_size=16, cache_root=isolated / "cache")
+    flat = features.extract_features(**kwargs)
+    assert flat.cnn_images == 20 and flat.dim == 4 * 4 * 256
+    dims = {"avg": 256, "max": 256, "grid": 2 * 2 * 256}
+    for pooling, dim in dims.items():
+        pooled = features.extract_features(pooling=pooling, grid_size=2, **kwargs)
+        assert pooled.cnn_images == 0 and pooled.dim == dim and pooled.X.shape == (20, dim)
+        expected = features.pool(flat.X, map_shape=(4, 4, 256), pooling=pooling, grid_size=2)
+        np.testing.assert_array_equal(pooled.X, expected)
+
+
+def test_normalisation_statistics_come_from_the_fit_rows_only(digits_split):
+    X_train, y_train, X_val, _ = digits_split
+    standardize = classify.make_classifier(normalize="standardize", name="logreg", C=1.0,
+                                           **{**PROBE, "loss": "log_loss"}).fit(X_train, y_train)
+    np.testing.assert_allclose(standardize["normalize"].mean_, X_train.mean(axis=0), rtol=1e-5, atol=1e-6)
+    l2 = classify.make_classifier(normalize="l2", name="linear_svc", C=1.0, **PROBE).fit(X_train, y_train)
+    np.testing.assert_allclose(np.linalg.norm(l2["normalize"].transform(X_val), axis=1), 1.0, rtol=1e-5)
+
+
+def test_C_auto_logs_the_search_and_refits_on_train_and_val(isolated, cifar_dir, compose, tiny, experiment_runs):
+    cfg = compose([*tiny, f"data.path={cifar_dir}", "layer=block5_pool", "classifier=logreg", "classifier.C=auto",
+                   "features.normalize=l2", "data.classes=[0,1,2,3,4,5,6]"])
+    run(cfg)
+    client = MlflowClient()
+    (logged,) = experiment_runs(client)
+    params, metrics, tags = logged.data.params, logged.data.metrics, logged.data.tags
+    assert params["classifier.C"] == "auto"
+    assert int(params["n_fit"]) == int(params["n_train"]) + int(params["n_val"])
+    tried = client.get_metric_history(logged.info.run_id, "search/C")
+    scores = client.get_metric_history(logged.info.run_id, "search/val_accuracy")
+    assert [m.step for m in tried] == [m.step for m in scores] == list(range(len(tried))) and len(tried) > 3
+    assert float(params["selected_C"]) in [m.value for m in tried]
+    assert max(m.value for m in scores) == pytest.approx(metrics["val_accuracy"])
+    for split in ("train", "val", "test"):  # seven classes: top-5 is reported
+        assert 0 <= metrics[f"{split}_balanced_accuracy"] <= 1 and 0 <= metrics[f"{split}_top5_accuracy"] <= 1
+    assert len(tags["split.digest"]) == 16
+    artifacts = {a.path for a in client.list_artifacts(logged.info.run_id, "search")}
+    assert artifacts == {"search/val_accuracy_vs_C.png"}
+
+
+def test_few_shot_draws_k_training_images_per_class(isolated, cifar_dir, compose, tiny, experiment_runs):
+    run(compose([*tiny, f"data.path={cifar_dir}", "data.train_per_class=3", "data.classes=[4,5]"]))
+    (logged,) = experiment_runs(MlflowClient())
+    assert logged.data.params["n_train"] == "6" and "top5" not in " ".join(logged.data.metrics)
+
+
+def test_the_same_config_gives_bit_identical_metrics(isolated, cifar_dir, compose, tiny, experiment_runs):
+    timings = {"extraction_seconds", "fit_seconds", "total_seconds"}
+    results = []
+    for attempt in ("a", "b"):  # separate caches: both runs extract, fit and evaluate from scratch
+        run(compose([*tiny, f"data.path={cifar_dir}", "classifier.C=auto", "features.pooling=grid",
+                     f"cache_dir={isolated / attempt}", f"tracking.experiment={attempt}"]))
+        (logged,) = experiment_runs(MlflowClient(), attempt)
+        results.append(({k: v for k, v in logged.data.metrics.items() if k not in timings},
+                        logged.data.tags["split.digest"], logged.data.params["selected_C"]))
+    assert results[0] == results[1]
+
+
+def _record(layer, index, C, seed, val, test, run_id) -> RunRecord:
+    params = {"model.name": "vgg16", "layer": layer, "classifier.C": str(C), "classifier.name": "linear_svc",
+              "seed": str(seed)}
+    metrics = {"train_accuracy": 1.0, "val_accuracy": val, "test_accuracy": test, "layer_index": index}
+    return RunRecord.parse(StoredRun(run_id, "FINISHED", 0, params, metrics, {"classes": "deer,dog"}))
+
+
+def test_the_answer_is_chosen_on_validation_never_on_test():
+    records = [  # block4 wins on val; block5 has the best test accuracy of all and must not be chosen
+        _record("block4_pool", 14, 0.1, 0, 0.80, 0.70, "b4-s0"), _record("block4_pool", 14, 0.1, 1, 0.82, 0.71, "b4-s1"),
+        _record("block4_pool", 14, 1.0, 0, 0.60, 0.99, "b4-C1"),
+        _record("block5_pool", 18, 0.1, 0, 0.75, 0.95, "b5-s0"), _record("block5_pool", 18, 0.1, 1, 0.75, 0.95, "b5-s1"),
+    ]
+    rows, best = summary.selection(summary.comparison_table(records))
+    assert (best["layer"], best["C"], best["run_id"]) == ("block4_pool", "0.1", "b4-s1")
+    assert best["val_mean"] == pytest.approx(0.81) and best["test_mean"] == pytest.approx(0.705)
+    assert best["seeds"] == 2 and best["val_std"] == pytest.approx(np.std([0.80, 0.82], ddof=1))
+    assert rows.set_index("layer")["best_layer"].to_dict() == {"block4_pool": True, "block5_pool": False}
+    text = summary.selection_markdown(rows, best)
+    assert "0.8100 ± 0.0141" in text and "never used to choose" in text
+
+
+def test_a_seed_sweep_names_the_best_layer_on_its_parent(isolated, cifar_dir, cli, tiny, experiment_runs):
+    result = cli("-m", "layer=block4_pool,block5_pool", "seed=0,1", f"data.path={cifar_dir}", *tiny, cwd=isolated)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient()
+    runs = experiment_runs(client)
+    (parent,) = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
+    children = {r.info.run_id: r for r in runs if r.data.tags.get("tlsweep.kind") == "job"}
+    assert len(children) == 4 and parent.data.tags["best.run_id"] in children
+    best = children[parent.data.tags["best.run_id"]]
+    assert parent.data.tags["best.layer"] == best.data.params["layer"]
+    text = open(client.download_artifacts(parent.info.run_id, "summary/selection.md", str(isolated))).read()
+    assert text.count("±") == 4  # two layers, val and test, each a mean ± std over the two seeds
+    by_layer = pd.DataFrame([{"layer": r.data.params["layer"], "val": r.data.metrics["val_accuracy"]}
+                             for r in children.values()]).groupby("layer")["val"].mean()
+    assert parent.data.tags["best.layer"] == by_layer.idxmax()

@@ -1,0 +1,108 @@
+"""Sweep-level tracking as a Hydra callback: one parent run per multirun, a summary when it ends.
+
+`on_multirun_start` connects to the store once, closes stale runs, opens (or claims) the parent run and
+builds the `SweepContext`. Hydra pickles this callback into every job, under every launcher, and calls
+`on_job_start` in the job's own process: that is where the context is handed to the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from tlsweep import provenance
+from tlsweep.config import default_tracking_uri
+from tlsweep.errors import TlsweepError
+from tlsweep.sweep import context, summary
+from tlsweep.sweep.context import SweepContext
+from tlsweep.tracking import runs
+from tlsweep.tracking.record import Artifact, Kind, Payload, RunRecord, Tag
+from tlsweep.tracking.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def sweep_overrides(config: DictConfig) -> list[str]:
+    """The sweep as the basic sweeper expands it: `hydra.sweeper.params`, then the command line."""
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+
+
+def swept_values(overrides: list[str], key: str) -> list[str]:
+    """Every value `key` takes in the sweep, parsed by Hydra's own grammar; the last override wins."""
+    values: list[str] = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.get_key_element().lstrip("+~") != key:
+            continue
+        if override.is_sweep_override():
+            values = [str(value) for value in override.sweep_string_iterator()]
+        else:
+            values = [str(override.value())]
+    return list(dict.fromkeys(values))
+
+
+class MLflowSweepCallback(Callback):
+    """Opens the parent run at multirun start, hands each job the sweep's context, writes the comparison."""
+
+    def __init__(self) -> None:
+        self.context: Optional[SweepContext] = None
+        self.owns_parent = True
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        overrides = sweep_overrides(config)
+        uri = default_tracking_uri(config.tracking.uri, Path.cwd())
+        try:
+            store, experiment_id = runs.connect(uri, config.tracking.experiment)
+            outer = context.outer_run_id()
+            if outer:  # `mlflow run` opened a run for this command: it becomes the sweep's parent
+                parent = runs.outer_run(store, outer, experiment_id=experiment_id)
+                store.set_tag(parent, Tag.KIND, Kind.SWEEP)
+            else:
+                tags = {
+                    **provenance.machine_tags(config.tracking.machine),
+                    Tag.SWEEP_OVERRIDES: " ".join(overrides)[:5000],
+                    Tag.SWEEP_DIR: str(Path(config.hydra.sweep.dir).resolve()),
+                }
+                parent = runs.start_parent(store, experiment_id=experiment_id, run_name=runs.timestamped("sweep"),
+                                           kind=Kind.SWEEP, tags=tags)
+        except TlsweepError as err:
+            log.error("%s", err)
+            sys.exit(1)
+        self.owns_parent = not outer
+        self.context = SweepContext(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
+                                    sweep_layers=tuple(swept_values(overrides, "layer")))
+        log.info("sweep parent run %s in experiment %r", parent, config.tracking.experiment)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        context.hand_over(self.context)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        context.hand_over(None)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.context is None:
+            return
+        sweep = self.context
+        store = Store(sweep.tracking_uri)
+        found = runs.sweep_jobs(store, [sweep.experiment_id], sweep.parent_run_id)
+        table = summary.comparison_table([RunRecord.parse(run) for run in found])
+        store.write(sweep.parent_run_id, Payload(files=summary.summary_files(table)), under=Artifact.SUMMARY_FOLDER)
+        _, best = summary.selection(table)
+        if best is not None:  # chosen on validation, never on test
+            store.write(sweep.parent_run_id, Payload(tags={Tag.BEST_LAYER: best["layer"],
+                                                           Tag.BEST_RUN_ID: best["run_id"]}))
+        failed = [] if table.empty else table[table["status"] != runs.FINISHED]
+        if self.owns_parent:  # `mlflow run` closes the run it opened
+            runs.end(store, sweep.parent_run_id, failed=len(failed) > 0)
+        log.info("sweep summary logged to parent run %s (%d runs)", sweep.parent_run_id, len(table))
+        if len(failed):
+            for _, row in failed.iterrows():
+                log.error("failed: layer=%s classes=%s C=%s: %s", row["layer"], row["classes"], row["C"], row["error"])
+            log.error("%d of %d jobs failed; see the parent run %s", len(failed), len(table), sweep.parent_run_id)
+            sys.exit(1)

@@ -1,0 +1,190 @@
+"""The sweep view: the comparison of its job runs, the configuration chosen on validation, and the plots.
+
+`summary_files` builds it once, as `{path: text or PNG bytes}`; MLflow (`Store.write`) and a folder
+(`record.write_files`) are two sinks of the same mapping.
+
+A configuration is everything a run was asked for except its seed; runs that differ only in seed are
+repeats, shown as mean and standard deviation. Every choice (the best configuration of a layer, the best
+layer) is made on mean validation accuracy. Test accuracy is reported beside it and never chooses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from tlsweep.stages.report import figure_png
+from tlsweep.tracking.record import COLUMNS, RunRecord
+
+SPLIT_COLUMNS = ("train_accuracy", "val_accuracy", "test_accuracy")
+PROTOCOL = ["classifier", "C", "pooling", "normalize", "train_per_class"]
+GROUP = ["model", "classes", *PROTOCOL]  # one accuracy-by-layer view per group
+DEFAULT_PROTOCOL = {"classifier": "linear_svc", "pooling": "flatten", "normalize": "none", "train_per_class": "None"}
+SELECTION = "selection.md"
+
+
+def comparison_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """One row per run: what was varied, where it ran, and the accuracy on each split."""
+    table = pd.DataFrame([dataclasses.asdict(record) for record in records], columns=list(COLUMNS))
+    if table.empty:
+        return table
+    return table.sort_values(["model", "classes", *PROTOCOL, "layer_index", "layer", "seed", "machine"],
+                             na_position="last")
+
+
+def _finished(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["status"] == "FINISHED"].dropna(subset=list(SPLIT_COLUMNS))
+
+
+def configurations(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration and layer: repeats over seeds as mean and standard deviation."""
+    done = _finished(table)
+    if done.empty:
+        return pd.DataFrame()
+    keys = [*GROUP, "layer"]
+    grouped = done.groupby(keys, sort=False, dropna=False)
+    view = grouped.agg(layer_index=("layer_index", "min"), seeds=("seed", "nunique"),
+                       val_mean=("val_accuracy", "mean"), val_std=("val_accuracy", "std"),
+                       test_mean=("test_accuracy", "mean"), test_std=("test_accuracy", "std"))
+    best_runs = done.loc[done.groupby(keys, sort=False, dropna=False)["val_accuracy"].idxmax(), [*keys, "run_id"]]
+    view = view.reset_index().merge(best_runs, on=keys, how="left")
+    return view.fillna({"val_std": 0.0, "test_std": 0.0})
+
+
+def selection(table: pd.DataFrame) -> tuple[pd.DataFrame, Optional[pd.Series]]:
+    """Per (model, classes) and layer, the configuration with the best mean val accuracy; and the best of all.
+
+    Ties go to the configuration listed first (smaller layer index, then the sweep's order).
+    """
+    view = configurations(table)
+    if view.empty:
+        return view, None
+    view = view.sort_values(["model", "classes", "layer_index"], kind="stable")
+    rows = view.loc[view.groupby(["model", "classes", "layer"], sort=False)["val_mean"].idxmax()]
+    rows = rows.sort_values(["model", "classes", "layer_index"], kind="stable").reset_index(drop=True)
+    best_per_task = rows.groupby(["model", "classes"], sort=False)["val_mean"].transform("max")
+    rows["best_layer"] = rows["val_mean"] == best_per_task
+    best = rows.loc[rows["val_mean"].idxmax()]
+    return rows, best
+
+
+def selection_markdown(rows: pd.DataFrame, best: Optional[pd.Series]) -> str:
+    if best is None:
+        return "No finished runs: nothing was chosen.\n"
+    shown = rows.assign(
+        val=[_mean_std(m, s, n) for m, s, n in zip(rows["val_mean"], rows["val_std"], rows["seeds"])],
+        test=[_mean_std(m, s, n) for m, s, n in zip(rows["test_mean"], rows["test_std"], rows["seeds"])],
+        best=["**best**" if flag else "" for flag in rows["best_layer"]],
+    )[["model", "classes", "layer", *PROTOCOL, "seeds", "val", "test", "best", "run_id"]]
+    return (
+        "# The sweep's answer, chosen on validation\n\n"
+        "For each layer, the configuration with the best mean validation accuracy over seeds; its test accuracy\n"
+        "is reported, never used to choose. The best layer of each model and class subset is marked.\n\n"
+        f"Best: **{best['model']} {best['layer']}** ({_protocol(best)}), val {best['val_mean']:.4f}, "
+        f"test {best['test_mean']:.4f}, run {best['run_id']}\n\n"
+        f"{shown.to_markdown(index=False)}\n"
+    )
+
+
+def _mean_std(mean: float, std: float, seeds: int) -> str:
+    return f"{mean:.4f} ± {std:.4f}" if seeds > 1 else f"{mean:.4f}"
+
+
+def _protocol(row) -> str:
+    return ", ".join(f"{key}={row[key]}" for key in PROTOCOL)
+
+
+def summary_files(table: pd.DataFrame) -> dict[str, str | bytes]:
+    """The comparison as files: the tables as CSV and markdown, the selection, and the plots as PNG."""
+    if table.empty:
+        return {}
+    figures = {**accuracy_vs_layer(table), **val_accuracy_vs_C(table)}
+    return {
+        "comparison.csv": table.to_csv(index=False),
+        "comparison.md": to_markdown(table),
+        SELECTION: selection_markdown(*selection(table)),
+        **{name: figure_png(figure) for name, figure in figures.items()},
+    }
+
+
+def accuracy_by_layer(table: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """The original study's table: one row per split, one column per cut, per model, classes and protocol."""
+    views = {}
+    for key, group in _finished(table).groupby(GROUP, sort=False, dropna=False):
+        group = group.sort_values("layer_index")
+        view = group.groupby("layer", sort=False)[list(SPLIT_COLUMNS)].mean().T
+        view.index = [column.split("_")[0] + " accuracy" for column in SPLIT_COLUMNS]
+        views[key] = view
+    return views
+
+
+def _title(key: tuple) -> str:
+    """`vgg16, classes deer,dog, C=0.1`, plus every protocol setting that is not the original study's."""
+    values = dict(zip(GROUP, key))
+    extra = [f"{name}={values[name]}" for name, default in DEFAULT_PROTOCOL.items() if str(values[name]) != default]
+    return ", ".join([values["model"], f"classes {values['classes']}", f"C={values['C']}", *extra])
+
+
+def _slug_of(key: tuple) -> str:
+    values = dict(zip(GROUP, key))
+    extra = [str(values[name]) for name, default in DEFAULT_PROTOCOL.items() if str(values[name]) != default]
+    return _slug(values["model"], values["classes"], f"C{values['C']}", *extra)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The per-split accuracy views (means over seeds), then every run in full."""
+    parts = [f"## {_title(key)}\n\n{view.to_markdown(floatfmt='.3f')}\n"
+             for key, view in accuracy_by_layer(table).items()]
+    parts.append(f"## All runs\n\n{table.to_markdown(index=False, floatfmt='.4g')}\n")
+    return "\n".join(parts)
+
+
+def _slug(*parts) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(str(part) for part in parts)).strip("_")
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.figure.tight_layout()
+
+
+def accuracy_vs_layer(table: pd.DataFrame) -> dict[str, plt.Figure]:
+    """Train, val and test accuracy against the cut layer (the original study's Figures 13-15), per group."""
+    figures = {}
+    for key, group in _finished(table).groupby(GROUP, sort=False, dropna=False):
+        group = group.groupby(["layer", "layer_index"], as_index=False, dropna=False)[list(SPLIT_COLUMNS)].mean()
+        group = group.sort_values("layer_index")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for column, marker in zip(SPLIT_COLUMNS, "osd"):
+            ax.plot(group["layer"], group[column], marker=marker, label=column.split("_")[0])
+        _label(ax, "cut layer (input → output)", "accuracy", _title(key))
+        figures[f"accuracy_vs_layer-{_slug_of(key)}.png"] = fig
+    return figures
+
+
+def val_accuracy_vs_C(table: pd.DataFrame) -> dict[str, plt.Figure]:
+    """Validation accuracy against C for each layer, when the sweep varied a numeric C."""
+    figures = {}
+    done = _finished(table).assign(C=lambda frame: pd.to_numeric(frame["C"], errors="coerce")).dropna(subset=["C"])
+    for (model, classes), group in done.groupby(["model", "classes"], sort=False):
+        if group["C"].nunique() < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for layer, by_layer in group.sort_values("layer_index").groupby("layer", sort=False):
+            points = by_layer.groupby("C")["val_accuracy"].mean()
+            ax.plot(points.index, points.values, marker="o", label=layer)
+        ax.set_xscale("log")
+        _label(ax, "C", "val accuracy", f"{model}, classes {classes}")
+        figures[f"val_accuracy_vs_C-{_slug(model, classes)}.png"] = fig
+    return figures

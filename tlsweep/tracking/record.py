@@ -1,0 +1,360 @@
+"""The run record: every param, metric, tag and artifact a tlsweep run carries, named once.
+
+The job builds a `JobRecord` (what was asked, and what came of it) and `JobRecord.payload` turns it into
+the params, metrics, tags and files a run stores. `RunRecord.parse` reads a stored run back into a typed
+record, which is all the sweep summary, compare and resume ever look at. A name changes here, on both
+sides at once. The config keys a record reads back are checked against the config schema on import, so
+renaming one fails at once instead of silently emptying a column of the comparison.
+
+This module does not import mlflow: `tracking.store` moves payloads in and out of the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import traceback
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from tlsweep.config import TlsweepConfig
+from tlsweep.stages.report import SplitReport
+
+
+class Tag:
+    """Tag keys. The kind tells sweep parents, job children and compare's summary runs apart."""
+
+    KIND = "tlsweep.kind"
+    PROCESS = "tlsweep.process"  # host:pid:start-time of the process that owns a RUNNING run
+    CONFIG_HASH = "tlsweep.config_hash"
+    RESUMED_PREFIX = "tlsweep.resumed."  # on a parent: tlsweep.resumed.<config hash> = the reused run's id
+    PARENT = "mlflow.parentRunId"
+    RUN_NAME = "mlflow.runName"
+    ERROR = "error"
+    LAYER = "layer"
+    MODEL = "model"
+    CLASSES = "classes"  # class names, comma-separated
+    DEMO = "demo"
+    MACHINE = "machine"
+    DATA_FINGERPRINT = "data.fingerprint"
+    WEIGHTS_FINGERPRINT = "weights.fingerprint"
+    SPLIT_DIGEST = "split.digest"  # the train, val (and few-shot) row indices, hashed
+    BEST_LAYER = "best.layer"  # on a parent: the layer whose best configuration has the best mean val accuracy
+    BEST_RUN_ID = "best.run_id"  # on a parent: that configuration's run with the best val accuracy
+    SWEEP_OVERRIDES = "sweep.overrides"
+    SWEEP_DIR = "sweep.dir"
+
+
+class Kind:
+    SWEEP = "sweep"
+    JOB = "job"
+    SUMMARY = "summary"
+
+
+class Param:
+    """Params beyond the flattened config, and the config keys that records read back."""
+
+    FEATURE_DIM = "feature_dim"  # after pooling
+    N_TRAIN = "n_train"
+    N_VAL = "n_val"
+    N_TEST = "n_test"
+    N_FIT = "n_fit"  # rows of the final fit: train, or train+val after classifier.C=auto
+    SELECTED_C = "selected_C"  # the C the final fit used: classifier.C, or the one chosen on validation
+    MODEL = "model.name"
+    LAYER = "layer"
+    C = "classifier.C"
+    CLASSIFIER = "classifier.name"
+    SEED = "seed"
+    CONFIG_KEYS = (MODEL, LAYER, C, CLASSIFIER, SEED)
+    # keys added after the first release, with the value runs logged before them had
+    LATER_CONFIG_KEYS = {"features.pooling": "flatten", "features.normalize": "none", "data.train_per_class": "None"}
+
+
+class Metric:
+    """Metric keys; the per-split and per-class ones are built by the functions below."""
+
+    EXTRACTION_SECONDS = "extraction_seconds"
+    CNN_FORWARD_IMAGES = "cnn_forward_images"  # images the CNN ran on in this job: 0 on a warm cache
+    FIT_SECONDS = "fit_seconds"
+    N_ITER = "n_iter"
+    CONVERGED = "converged"
+    LAYER_INDEX = "layer_index"  # the cut's position in the backbone, input first
+    TOTAL_SECONDS = "total_seconds"
+
+    SEARCH_C = "search/C"  # one step per C tried by classifier.C=auto, ascending
+    SEARCH_VAL_ACCURACY = "search/val_accuracy"  # at the same steps
+
+    @staticmethod
+    def accuracy(split: str) -> str:
+        return f"{split}_accuracy"
+
+    @staticmethod
+    def balanced_accuracy(split: str) -> str:
+        return f"{split}_balanced_accuracy"
+
+    @staticmethod
+    def top5_accuracy(split: str) -> str:
+        return f"{split}_top5_accuracy"
+
+    @staticmethod
+    def average(split: str, average: str, stat: str) -> str:
+        return f"{split}_{average}_{stat}"  # e.g. test_macro_f1
+
+    @staticmethod
+    def per_class(split: str, stat: str, class_name: str) -> str:
+        return f"{split}_{stat}_{class_name}"  # e.g. test_recall_deer
+
+
+class Artifact:
+    CONFIG = "config.yaml"
+    ERROR = "error.txt"
+    FIT_WARNINGS = "fit_warnings.txt"
+    SEARCH_PLOT = "search/val_accuracy_vs_C.png"
+    SUMMARY_FOLDER = "summary"
+    SELECTION = "selection.md"  # under SUMMARY_FOLDER
+
+    @staticmethod
+    def report_text(split: str) -> str:
+        return f"reports/{split}_classification_report.txt"
+
+    @staticmethod
+    def report_json(split: str) -> str:
+        return f"reports/{split}_classification_report.json"
+
+    @staticmethod
+    def confusion(split: str) -> str:
+        return f"confusion/{split}_confusion_matrix.png"
+
+
+SPLITS = ("train", "val", "test")
+_AVERAGES = {"macro avg": "macro", "weighted avg": "weighted"}
+_STATS = {"precision": "precision", "recall": "recall", "f1-score": "f1"}
+
+Files = Mapping[str, Union[str, bytes]]  # artifact path -> text, or PNG bytes
+
+
+def write_files(folder: Path, files: Files) -> None:
+    """Write `files` under `folder`; the folder sink of anything that is also logged to MLflow."""
+    for path, content in files.items():
+        target = folder / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What one call stores in a run."""
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    series: Mapping[str, Sequence[float]] = field(default_factory=dict)  # metrics logged at steps 0, 1, ...
+    tags: Mapping[str, str] = field(default_factory=dict)
+    files: Files = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What the stages produced for one configuration."""
+
+    splits: Sequence[SplitReport]
+    class_names: Sequence[str]
+    feature_dim: int
+    n_train: int
+    n_val: int
+    n_test: int
+    layer_index: int
+    data_fingerprint: str
+    weights_fingerprint: str
+    extraction_seconds: float
+    cnn_forward_images: int
+    fit_seconds: float
+    n_iter: int
+    converged: bool
+    fit_warnings: Sequence[str]
+    total_seconds: float
+    n_fit: int
+    selected_C: float
+    split_digest: str
+    search_Cs: Sequence[float] = ()  # classifier.C=auto: every C tried, ascending
+    search_val_accuracy: Sequence[float] = ()
+    search_png: Optional[bytes] = None
+
+    def metrics(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for result in self.splits:
+            table, split = result.table, result.split
+            metrics[Metric.accuracy(split)] = float(table["accuracy"])
+            metrics[Metric.balanced_accuracy(split)] = result.balanced_accuracy
+            if result.top5_accuracy is not None:
+                metrics[Metric.top5_accuracy(split)] = result.top5_accuracy
+            for average, short in _AVERAGES.items():
+                for stat, name in _STATS.items():
+                    metrics[Metric.average(split, short, name)] = float(table[average][stat])
+            for class_name in self.class_names:
+                for stat, name in _STATS.items():
+                    metrics[Metric.per_class(split, name, class_name)] = float(table[class_name][stat])
+        metrics.update({
+            Metric.EXTRACTION_SECONDS: self.extraction_seconds,
+            Metric.CNN_FORWARD_IMAGES: self.cnn_forward_images,
+            Metric.FIT_SECONDS: self.fit_seconds,
+            Metric.N_ITER: self.n_iter,
+            Metric.CONVERGED: float(self.converged),
+            Metric.LAYER_INDEX: self.layer_index,
+            Metric.TOTAL_SECONDS: self.total_seconds,
+        })
+        return metrics
+
+    def accuracy(self, split: str) -> float:
+        return self.metrics()[Metric.accuracy(split)]
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job: the configuration asked for, and its result or the error that stopped it."""
+
+    params: Mapping[str, Any]  # the flattened, resolved config
+    config_yaml: str
+    tags: Mapping[str, str]  # provenance and what the run is (layer, model, classes, config hash)
+    result: Optional[JobResult] = None
+    error: Optional[BaseException] = None
+
+    def payload(self) -> Payload:
+        params, tags = dict(self.params), {**self.tags, Tag.KIND: Kind.JOB}
+        metrics: dict[str, float] = {}
+        series: dict[str, list[float]] = {}
+        files: dict[str, Union[str, bytes]] = {Artifact.CONFIG: self.config_yaml}
+        if self.result is not None:
+            result = self.result
+            tags.update({Tag.DATA_FINGERPRINT: result.data_fingerprint,
+                         Tag.WEIGHTS_FINGERPRINT: result.weights_fingerprint, Tag.SPLIT_DIGEST: result.split_digest})
+            params.update({Param.FEATURE_DIM: result.feature_dim, Param.N_TRAIN: result.n_train,
+                           Param.N_VAL: result.n_val, Param.N_TEST: result.n_test, Param.N_FIT: result.n_fit,
+                           Param.SELECTED_C: result.selected_C})
+            metrics = result.metrics()
+            if result.search_Cs:
+                series = {Metric.SEARCH_C: list(result.search_Cs),
+                          Metric.SEARCH_VAL_ACCURACY: list(result.search_val_accuracy)}
+            if result.search_png is not None:
+                files[Artifact.SEARCH_PLOT] = result.search_png
+            for split in result.splits:
+                files[Artifact.report_text(split.split)] = split.text
+                files[Artifact.report_json(split.split)] = json.dumps(split.table, indent=2)
+                files[Artifact.confusion(split.split)] = split.confusion_png
+            if result.fit_warnings:
+                files[Artifact.FIT_WARNINGS] = "\n".join(result.fit_warnings) + "\n"
+        if self.error is not None:
+            tags[Tag.ERROR] = error_line(self.error)
+            files[Artifact.ERROR] = "".join(traceback.format_exception(self.error))
+        return Payload(params=params, metrics=metrics, series=series, tags=tags, files=files)
+
+
+def error_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0][:5000]
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A run as the store returns it, before it is read as a record."""
+
+    run_id: str
+    status: str
+    start_time: int
+    params: Mapping[str, str]
+    metrics: Mapping[str, float]
+    tags: Mapping[str, str]
+
+
+class RecordError(ValueError):
+    """A stored job run lacks a name every tlsweep job run carries."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A job run read back: the fields of the comparison table, in its column order."""
+
+    model: str
+    layer: str
+    layer_index: Optional[float]
+    classes: str
+    classifier: str
+    C: str  # as asked: a number, or auto
+    selected_C: Optional[float]  # the C the final fit used
+    pooling: str
+    normalize: str
+    train_per_class: str  # None: every training image
+    seed: int
+    train_accuracy: Optional[float]
+    val_accuracy: Optional[float]
+    test_accuracy: Optional[float]
+    feature_dim: Optional[str]
+    converged: Optional[float]
+    extraction_seconds: Optional[float]
+    fit_seconds: Optional[float]
+    machine: Optional[str]
+    status: str
+    config_hash: Optional[str]
+    error: str
+    run_id: str
+
+    @classmethod
+    def parse(cls, run: StoredRun) -> "RunRecord":
+        """Read a job run; one that lacks a config key every job logs is an error, never an empty cell."""
+        missing = [key for key in Param.CONFIG_KEYS if key not in run.params]
+        if missing:
+            raise RecordError(f"run {run.run_id} is not a tlsweep job run: it has no param {missing}")
+        metrics, tags, params = run.metrics, run.tags, {**Param.LATER_CONFIG_KEYS, **run.params}
+        C = params[Param.C]
+        selected = params.get(Param.SELECTED_C, None if C == "auto" else C)
+        return cls(
+            model=params[Param.MODEL],
+            layer=params[Param.LAYER],
+            layer_index=metrics.get(Metric.LAYER_INDEX),
+            classes=tags.get(Tag.CLASSES, params.get("data.classes", "")),
+            classifier=params[Param.CLASSIFIER],
+            C=C if C == "auto" else f"{float(C):g}",
+            selected_C=None if selected is None else float(selected),
+            pooling=params["features.pooling"],
+            normalize=params["features.normalize"],
+            train_per_class=params["data.train_per_class"],
+            seed=int(params[Param.SEED]),
+            train_accuracy=metrics.get(Metric.accuracy("train")),
+            val_accuracy=metrics.get(Metric.accuracy("val")),
+            test_accuracy=metrics.get(Metric.accuracy("test")),
+            feature_dim=run.params.get(Param.FEATURE_DIM),
+            converged=metrics.get(Metric.CONVERGED),
+            extraction_seconds=metrics.get(Metric.EXTRACTION_SECONDS),
+            fit_seconds=metrics.get(Metric.FIT_SECONDS),
+            machine=tags.get(Tag.MACHINE),
+            status=run.status,
+            config_hash=tags.get(Tag.CONFIG_HASH),
+            error=tags.get(Tag.ERROR, ""),
+            run_id=run.run_id,
+        )
+
+
+COLUMNS = tuple(item.name for item in dataclasses.fields(RunRecord))
+
+
+def config_keys_missing_from(schema: type) -> list[str]:
+    """The config keys records read back that the dataclass `schema` does not declare."""
+
+    def declared(key: str) -> bool:
+        node = schema
+        for part in key.split("."):
+            hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+            if part not in hints:
+                return False
+            node = hints[part]
+        return True
+
+    return [key for key in (*Param.CONFIG_KEYS, *Param.LATER_CONFIG_KEYS) if not declared(key)]
+
+
+_renamed = config_keys_missing_from(TlsweepConfig)
+if _renamed:  # a config key was renamed here or in the schema alone: its comparison column would empty
+    raise ImportError(f"tlsweep.tracking.record reads config keys {_renamed}, which the config schema lacks")

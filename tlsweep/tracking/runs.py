@@ -1,0 +1,121 @@
+"""The lifecycles of tlsweep's runs in a store: jobs, sweep parents, compare's summaries, stale runs, resume.
+
+A job run is written once, when the job has ended, from its `JobRecord`: it is created, filled and closed
+in one call, and closed FAILED if the writing itself fails, so no job run is ever left RUNNING. A sweep
+parent and a summary run span more than one call; they carry the process that owns them, so the next
+sweep can tell a run whose process was killed from one still at work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional, Sequence
+
+from mlflow.entities import RunStatus
+
+from tlsweep import provenance
+from tlsweep.errors import ConfigError
+from tlsweep.tracking.record import Kind, Payload, RunRecord, StoredRun, Tag
+from tlsweep.tracking.store import Store
+
+log = logging.getLogger(__name__)
+
+FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
+
+
+def connect(tracking_uri: str, experiment: str) -> tuple[Store, str]:
+    """The store and experiment a command logs to, after closing the runs whose process died."""
+    store = Store.open(tracking_uri)
+    experiment_id = store.experiment_id(experiment, create=True)
+    close_stale_runs(store, experiment_id)
+    return store, experiment_id
+
+
+def log_job(store: Store, *, experiment_id: str, run_name: str, payload: Payload, started: float,
+            parent_run_id: Optional[str] = None, run_id: Optional[str] = None) -> str:
+    """Write a finished or failed job as one run; `run_id` is a run opened for it (`mlflow run`'s), if any."""
+    failed = Tag.ERROR in payload.tags
+    if run_id is None:
+        tags = {Tag.KIND: Kind.JOB, Tag.PROCESS: provenance.process_id(),
+                **({Tag.PARENT: parent_run_id} if parent_run_id else {})}
+        run_id = store.create_run(experiment_id, run_name=run_name, tags=tags, start_time=int(started * 1000))
+    try:
+        store.write(run_id, payload)
+    except BaseException:
+        store.end(run_id, FAILED)
+        raise
+    store.end(run_id, FAILED if failed else FINISHED)
+    return run_id
+
+
+def start_parent(store: Store, *, experiment_id: str, run_name: str, kind: str, tags: dict[str, str]) -> str:
+    """A sweep's parent or a summary run: it spans several calls, so `end` closes it."""
+    tags = {**tags, Tag.KIND: kind, Tag.PROCESS: provenance.process_id()}
+    return store.create_run(experiment_id, run_name=run_name, tags=tags)
+
+
+def end(store: Store, run_id: str, *, failed: bool) -> None:
+    store.end(run_id, FAILED if failed else FINISHED)
+
+
+def outer_run(store: Store, run_id: str, *, experiment_id: str) -> str:
+    """Check that the run `mlflow run` opened lives in tlsweep's experiment, where its jobs will be."""
+    found = store.experiment_of(run_id)
+    if found != experiment_id:
+        raise ConfigError(
+            f"`mlflow run` opened run {run_id} in experiment {store.experiment_name(found)!r}, not in "
+            "tracking.experiment's; pass the same name to both (mlflow run --experiment-name NAME ... "
+            "tracking.experiment=NAME)"
+        )
+    return run_id
+
+
+def close_stale_runs(store: Store, experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process on this host is gone (killed, crashed, rebooted)."""
+    closed = []
+    for run in store.search([experiment_id], "attributes.status = 'RUNNING'"):
+        process = run.tags.get(Tag.PROCESS)
+        if process and not provenance.process_alive(process):
+            store.end(run.run_id, KILLED)
+            store.set_tag(run.run_id, Tag.ERROR, f"process {process} ended without closing the run")
+            closed.append(run.run_id)
+    if closed:
+        log.warning("marked %d stale RUNNING run(s) KILLED: %s", len(closed), ", ".join(closed))
+    return closed
+
+
+def finished_job(store: Store, experiment_id: str, config_hash: str) -> Optional[RunRecord]:
+    """The newest FINISHED job run with this config hash, if any (what `resume=true` reuses)."""
+    found = store.search(
+        [experiment_id],
+        f"tags.`{Tag.CONFIG_HASH}` = '{config_hash}' and attributes.status = '{FINISHED}' "
+        f"and tags.`{Tag.KIND}` = '{Kind.JOB}'",
+    )
+    return RunRecord.parse(max(found, key=lambda run: run.start_time)) if found else None
+
+
+def mark_resumed(store: Store, parent_run_id: str, *, config_hash: str, run_id: str) -> None:
+    """Name, on the sweep's parent, the finished run it reuses for a configuration instead of running it."""
+    store.set_tag(parent_run_id, f"{Tag.RESUMED_PREFIX}{config_hash}", run_id)
+
+
+def sweep_jobs(store: Store, experiment_ids: Sequence[str], parent_run_id: str) -> list[StoredRun]:
+    """A sweep's job runs: its children and the finished runs it resumed."""
+    return store.search(experiment_ids, f"tags.`{Tag.PARENT}` = '{parent_run_id}'") + resumed_runs(
+        store, experiment_ids, parent_run_id)
+
+
+def resumed_runs(store: Store, experiment_ids: Sequence[str], parent_run_id: str) -> list[StoredRun]:
+    """The FINISHED runs a `resume=true` sweep reused instead of re-running; its parent's tags name them."""
+    found = []
+    for parent in store.search(experiment_ids, f"attributes.run_id = '{parent_run_id}'"):
+        for key, run_id in parent.tags.items():
+            if key.startswith(Tag.RESUMED_PREFIX):
+                found += store.search(experiment_ids, f"attributes.run_id = '{run_id}'")
+    return found
+
+
+def timestamped(prefix: str) -> str:
+    """A run name that tells runs of one kind apart: `sweep 2026-11-28 19:22:58`."""
+    return f"{prefix} {time.strftime('%Y-%m-%d %H:%M:%S')}"

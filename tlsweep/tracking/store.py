@@ -1,0 +1,137 @@
+"""One MLflow tracking store, reached through one client bound to its URI.
+
+Nothing here sets MLflow's process-wide tracking URI or active run: a store is an object, so a process (or
+a test) can hold several and none leaks into the next. A server is probed before use, and the first
+process to touch a new SQLite file creates its schema under a file lock while the others wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional, Sequence
+
+from filelock import FileLock
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tlsweep.errors import ConfigError
+from tlsweep.tracking.record import Payload, StoredRun, write_files
+
+log = logging.getLogger(__name__)
+
+SEARCH_LIMIT = 50000
+
+
+class Store:
+    """A tracking store: experiments, runs, and the payloads written into them."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+
+    @classmethod
+    def open(cls, uri: str) -> "Store":
+        """A store to read and write; a server is checked first, and a SQLite schema is created once."""
+        if uri.startswith(("http://", "https://")):
+            _probe(uri)
+        try:
+            with _sqlite_lock(uri):  # the first process creates the schema; the others wait instead of racing it
+                store = cls(uri)
+                store.client.search_experiments(max_results=1)
+        except (MlflowException, OSError) as err:  # OSError: the SQLite file's folder cannot be made
+            raise ConfigError(f"tracking.uri={uri!r} cannot be used: {_reason(err)}") from None
+        return store
+
+    def experiment_id(self, name: str, *, create: bool = False) -> Optional[str]:
+        """The id of experiment `name`; with `create`, made on first use."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None or not create:
+            return found.experiment_id if found else None
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException:  # another machine created it a moment before (a server has no lock)
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def experiment_name(self, experiment_id: str) -> str:
+        return self.client.get_experiment(experiment_id).name
+
+    def experiment_of(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.experiment_id
+
+    def search(self, experiment_ids: Sequence[str], filter_string: str = "") -> list[StoredRun]:
+        found = self.client.search_runs(list(experiment_ids), filter_string=filter_string, max_results=SEARCH_LIMIT)
+        return [_stored(run) for run in found]
+
+    def find(self, experiment_ids: Sequence[str], filter_string: str) -> list[StoredRun]:
+        """`search` for a filter a user typed: a malformed one is a ConfigError that quotes it."""
+        try:
+            return self.search(experiment_ids, filter_string)
+        except MlflowException as err:
+            raise ConfigError(f"cannot search runs with {filter_string!r}: {_reason(err)}") from None
+
+    def create_run(self, experiment_id: str, *, run_name: str, tags: dict[str, str],
+                   start_time: Optional[int] = None) -> str:
+        return self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name).info.run_id
+
+    def write(self, run_id: str, payload: Payload, *, under: Optional[str] = None) -> None:
+        """Store params, metrics and tags in one batch, and the files as artifacts (below `under`)."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, 0) for key, value in payload.metrics.items()]
+        metrics += [Metric(key, float(value), now, step) for key, values in payload.series.items()
+                    for step, value in enumerate(values)]
+        if payload.params or metrics or payload.tags:
+            self.client.log_batch(
+                run_id,
+                metrics=metrics,
+                params=[Param(key, str(value)) for key, value in payload.params.items()],
+                tags=[RunTag(key, str(value)) for key, value in payload.tags.items()],
+            )
+        if payload.files:
+            with tempfile.TemporaryDirectory(prefix="tlsweep-artifacts-") as folder:
+                write_files(Path(folder), payload.files)
+                self.client.log_artifacts(run_id, folder, under)
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
+    def end(self, run_id: str, status: str) -> None:
+        """Close a run: FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status)
+
+
+def _stored(run) -> StoredRun:
+    return StoredRun(run_id=run.info.run_id, status=run.info.status, start_time=run.info.start_time,
+                     params=dict(run.data.params), metrics=dict(run.data.metrics), tags=dict(run.data.tags))
+
+
+def _reason(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0][:200]
+
+
+def _probe(uri: str) -> None:
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise ConfigError(
+            f"tracking.uri={uri!r} is unreachable ({reason}); start the server, or leave tracking.uri "
+            "null and MLFLOW_TRACKING_URI unset to log to ./mlflow.db"
+        ) from None
+
+
+def _sqlite_lock(uri: str):
+    if not uri.startswith("sqlite:///"):
+        return nullcontext()
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{path}.lock", timeout=600)

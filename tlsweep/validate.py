@@ -1,0 +1,123 @@
+"""Every check that needs only the config, in one step that runs before any store, data or model is touched.
+
+Hydra's schema already rejects unknown keys and wrong types at composition; this checks the values. Each
+error is one line that names the key, the value received and what is allowed. The stages trust what passes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from tlsweep.config import TlsweepConfig
+from tlsweep.errors import ConfigError
+from tlsweep.stages import classify, data, features, models
+
+
+def validate(cfg: DictConfig) -> TlsweepConfig:
+    """The config as its typed schema object, once every value is allowed."""
+    config: TlsweepConfig = OmegaConf.to_object(cfg)
+    if not 0 <= config.seed < 2**32:  # what numpy, Keras and scikit-learn accept
+        raise ConfigError(f"seed should be an integer in [0, 2**32 - 1]; received seed={config.seed}")
+    _model(config)
+    _data(config)
+    _features(config)
+    _classifier(config)
+    return config
+
+
+def _model(config: TlsweepConfig) -> None:
+    model = config.model
+    if model.name not in models.BACKBONES:
+        raise ConfigError(f"model.name should be one of {sorted(models.BACKBONES)}; received model.name={model.name!r}")
+    if not _positive_int(model.batch_size):
+        raise ConfigError(f"model.batch_size should be an integer >= 1; received model.batch_size={model.batch_size!r}")
+
+
+def _data(config: TlsweepConfig) -> None:
+    spec = config.data
+    if spec.name not in data.DATASETS:
+        raise ConfigError(f"data.name should be one of {list(data.DATASETS)}; received data.name={spec.name!r}")
+    if spec.name == "digits" and spec.path is not None:
+        raise ConfigError(
+            f"data.path should be null for data.name='digits' (bundled with scikit-learn); received data.path={spec.path!r}"
+        )
+    if spec.image_size is not None and spec.image_size < 1:
+        raise ConfigError(
+            f"data.image_size should be null or a positive size; received data.image_size={spec.image_size}"
+        )
+    if not 0.0 < spec.val_fraction < 1.0:
+        raise ConfigError(
+            f"data.val_fraction should be in the open interval (0, 1); received data.val_fraction={spec.val_fraction}"
+        )
+    validate_classes(list(spec.classes), data.CLASS_NAMES[spec.name])
+    if spec.train_per_class is not None and not _positive_int(spec.train_per_class):
+        raise ConfigError(
+            f"data.train_per_class should be null (all) or an integer >= 1; received "
+            f"data.train_per_class={spec.train_per_class!r}"
+        )
+
+
+def _features(config: TlsweepConfig) -> None:
+    spec = config.features
+    if spec.pooling not in features.POOLINGS:
+        raise ConfigError(
+            f"features.pooling should be one of {list(features.POOLINGS)}; received features.pooling={spec.pooling!r}"
+        )
+    if not _positive_int(spec.grid_size):
+        raise ConfigError(f"features.grid_size should be an integer >= 1; received features.grid_size={spec.grid_size!r}")
+    if spec.normalize not in classify.NORMALIZERS:
+        raise ConfigError(
+            f"features.normalize should be one of {list(classify.NORMALIZERS)}; received "
+            f"features.normalize={spec.normalize!r}"
+        )
+
+
+def validate_classes(classes: Sequence[Any], class_names: Sequence[str]) -> None:
+    """A class subset must name at least two distinct, valid classes."""
+    allowed = f"integers 0..{len(class_names) - 1}"
+    bad = [c for c in classes if not isinstance(c, int) or not 0 <= c < len(class_names)]
+    if bad:
+        raise ConfigError(f"data.classes should hold {allowed}; received data.classes={classes} ({bad} out of range)")
+    dupes = sorted({c for c in classes if classes.count(c) > 1})
+    if dupes:
+        raise ConfigError(f"data.classes should not repeat a class; received data.classes={classes} ({dupes} repeated)")
+    if len(classes) < 2:
+        raise ConfigError(f"data.classes should hold at least two of {allowed}; received data.classes={classes}")
+
+
+def _classifier(config: TlsweepConfig) -> None:
+    spec = config.classifier
+    if spec.name not in classify.CLASSIFIERS:
+        raise ConfigError(
+            f"classifier.name should be one of {list(classify.CLASSIFIERS)}; received classifier.name={spec.name!r}"
+        )
+    if spec.C != classify.AUTO and not _positive_number(spec.C):
+        raise ConfigError(f"classifier.C should be a positive number or 'auto'; received classifier.C={spec.C!r}")
+    bad = [C for C in spec.C_grid if not _positive_number(C)]
+    if spec.C == classify.AUTO and (bad or not spec.C_grid):
+        raise ConfigError(
+            f"classifier.C_grid should be a non-empty list of positive numbers for classifier.C=auto; received "
+            f"classifier.C_grid={list(spec.C_grid)}" + (f" ({bad} not allowed)" if bad else "")
+        )
+    losses = classify.LOSSES[spec.name]
+    if spec.loss not in losses:
+        raise ConfigError(
+            f"classifier.loss should be one of {list(losses)} for {spec.name}; received classifier.loss={spec.loss!r}"
+        )
+    if not _positive_int(spec.max_iter):
+        raise ConfigError(f"classifier.max_iter should be an integer >= 1; received classifier.max_iter={spec.max_iter!r}")
+    if not spec.tol > 0:
+        raise ConfigError(f"classifier.tol should be a positive number; received classifier.tol={spec.tol!r}")
+    if str(spec.dual).lower() not in classify.DUAL:
+        raise ConfigError(f"classifier.dual should be one of {list(classify.DUAL)}; received classifier.dual={spec.dual!r}")
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
