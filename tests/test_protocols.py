@@ -163,6 +163,13 @@ def test_a_seed_sweep_names_the_best_layer_on_its_parent(isolated, cifar_dir, cl
     assert parent.data.tags["best.layer"] == best.data.params["layer"]
     text = open(client.download_artifacts(parent.info.run_id, "summary/selection.md", str(isolated))).read()
     assert text.count("±") == 4  # two layers, val and test, each a mean ± std over the two seeds
+    # the answer, where the eye lands: the terminal, the parent's name, metrics and description
+    output = result.stdout + result.stderr
+    assert "best mean val accuracy" in output and "mlflow ui --backend-store-uri sqlite:///" in output
+    assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in output
+    assert parent.info.run_name == "vgg16 layer=block4_pool,block5_pool seed=0,1"
+    assert {"best_val_accuracy", "val_accuracy/block4_pool", "test_accuracy/block5_pool"} <= set(parent.data.metrics)
+    assert "python -m tlsweep -m layer=block4_pool,block5_pool seed=0,1" in parent.data.tags["mlflow.note.content"]
     by_layer = pd.DataFrame([{"layer": r.data.params["layer"], "val": r.data.metrics["val_accuracy"]}
                              for r in children.values()]).groupby("layer")["val"].mean()
     assert parent.data.tags["best.layer"] == by_layer.idxmax()

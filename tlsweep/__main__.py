@@ -24,7 +24,7 @@ from hydra.types import RunMode
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep import provenance
+from tlsweep import console, provenance
 from tlsweep.config import TlsweepConfig, default_cache_dir, default_tracking_uri, register_configs
 from tlsweep.errors import ConfigError, TlsweepError
 from tlsweep.stages import cache, classify, data, features, report
@@ -67,10 +67,14 @@ def run(cfg: DictConfig, sweep: Optional[SweepContext] = None) -> float:
     else:
         record = dataclasses.replace(record, result=result)
     finally:
-        runs.log_job(store, experiment_id=experiment_id, run_name=_run_name(config), payload=record.payload(),
-                     started=started, parent_run_id=sweep.parent_run_id if sweep else None, run_id=run_id)
+        logged = runs.log_job(store, experiment_id=experiment_id, run_name=_run_name(config),
+                              payload=record.payload(), started=started,
+                              parent_run_id=sweep.parent_run_id if sweep else None, run_id=run_id)
     log.info("%s %s: train %.3f, val %.3f, test %.3f", config.model.name, config.layer, result.accuracy("train"),
              result.accuracy("val"), result.accuracy("test"))
+    if sweep is None:  # a sweep says where it logged once, at its end
+        log.info("logged run %s to %s; browse it with: mlflow ui --backend-store-uri %s", logged, store.uri,
+                 store.uri)
     return result.accuracy("val")
 
 
@@ -208,4 +212,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    console.start_backend_quietly()
     main()

@@ -72,12 +72,11 @@ def fit_classifier(*, estimator: Pipeline, X: np.ndarray, y: np.ndarray) -> FitR
     """Fit, timing it and keeping every warning the solver raised (then re-emitting them)."""
     log.info("fitting %s on %d x %d features", type(estimator[-1]).__name__, *X.shape)
     seconds, caught = _fit_recording_warnings(estimator, X, y)
-    for item in caught:
-        warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
-    converged = not any(issubclass(item.category, ConvergenceWarning) for item in caught)
     n_iter = int(np.max(estimator[-1].n_iter_))
-    if not converged:
-        log.warning("the solver did not converge in %d iterations; recorded as converged=0", n_iter)
+    for item in caught:  # shown once, saying where it is recorded
+        note = f" ({n_iter} iterations; recorded as converged=0)" if item.category is ConvergenceWarning else ""
+        warnings.warn_explicit(f"{item.message}{note}", item.category, item.filename, item.lineno)
+    converged = not any(issubclass(item.category, ConvergenceWarning) for item in caught)
     return FitResult(estimator, seconds, n_iter, converged, len(y), [_describe(item) for item in caught])
 
 
@@ -89,9 +88,9 @@ def search_C(
 
     The coarse pass fits every `stride`-th grid value, smallest C first, and stops once `patience` values in
     a row past a peak have not beaten it: there, larger C only costs more solver iterations. (The flat,
-    underfit start of the path, where every tiny C scores the same, never stops it.) The fine pass
-    then fits every grid value between the best coarse value's neighbours. Ties go to the smaller C. Test
-    data never enters: it is not an argument.
+    underfit start of the path, where every tiny C scores the same, never stops it.) The fine pass then
+    halves the step around the best value until it reaches the grid's own spacing, as CLIP's linear-probe
+    search does. Ties go to the smaller C. Test data never enters: it is not an argument.
     """
     start = time.perf_counter()
     grid = sorted(set(float(C) for C in grid))
@@ -124,9 +123,13 @@ def search_C(
             stale += 1
         if stale >= patience:
             break
-    for index in range(max(0, best - stride + 1), min(len(grid), best + stride)):
-        if index not in scores:
-            evaluate(index)
+    step = stride // 2
+    while step >= 1:  # binary refinement around the best so far: half the coarse stride, then half again
+        for index in (best - step, best + step):
+            if 0 <= index < len(grid) and index not in scores:
+                evaluate(index)
+        best = max(scores, key=lambda i: (scores[i], -i))
+        step //= 2
     (selected, (probe_fit, seconds, caught)), = fits.items()
     if failed:  # one warning for the whole search, recorded with the fit's own
         warnings.warn(f"{len(failed)} of {len(scores)} fits in the C search did not converge (C={', '.join(failed)}); "

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tlsweep import console
 from tlsweep.stages import cache, models
 from tlsweep.stages.data import Dataset, ImageSet
 
@@ -180,7 +181,7 @@ def _fill(*, store: cache.FeatureCache, images: ImageSet, image_set: str, layers
              for layer, dim in zip(layers, dims)]
             for label, rows in zip(missing, per_class)
         ]
-        next_report = 0.1
+        progress = console.Progress(total, description=f"features ({image_set})", log=log)
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
             values = _forward(extractor, preprocess, images.images[order[start:stop]], input_size, batch_size)
@@ -189,9 +190,8 @@ def _fill(*, store: cache.FeatureCache, images: ImageSet, image_set: str, layers
                 for out, value in zip(outputs[k], values):
                     if lo < hi:
                         out[lo - bounds[k] : hi - bounds[k]] = value[lo - start : hi - start].reshape(hi - lo, -1)
-            if stop / total >= next_report or stop == total:
-                log.info("features: %d/%d %s images", stop, total, image_set)
-                next_report = stop / total + 0.1
+            progress.update(stop - start)
+        progress.close()
     return total
 
 

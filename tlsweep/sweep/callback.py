@@ -8,6 +8,7 @@ builds the `SweepContext`. Hydra pickles this callback into every job, under eve
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep import provenance
+from tlsweep import console, provenance
 from tlsweep.config import default_tracking_uri
 from tlsweep.errors import TlsweepError
 from tlsweep.sweep import context, summary
@@ -47,6 +48,14 @@ def swept_values(overrides: list[str], key: str) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def sweep_name(model: str, overrides: list[str]) -> str:
+    """A parent run named after what the sweep varies: `vgg16 layer=block3_pool,block4_pool,block5_pool`."""
+    varied = [f"{override.get_key_element()}={','.join(map(str, override.sweep_string_iterator()))}"
+              for override in OverridesParser.create().parse_overrides(overrides) if override.is_sweep_override()]
+    prefix = [] if any(item.startswith("model=") for item in varied) else [model]
+    return " ".join(prefix + (varied or ["sweep"]))[:250]
+
+
 class MLflowSweepCallback(Callback):
     """Opens the parent run at multirun start, hands each job the sweep's context, writes the comparison."""
 
@@ -69,17 +78,20 @@ class MLflowSweepCallback(Callback):
                     Tag.SWEEP_OVERRIDES: " ".join(overrides)[:5000],
                     Tag.SWEEP_DIR: str(Path(config.hydra.sweep.dir).resolve()),
                 }
-                parent = runs.start_parent(store, experiment_id=experiment_id, run_name=runs.timestamped("sweep"),
-                                           kind=Kind.SWEEP, tags=tags)
+                parent = runs.start_parent(store, experiment_id=experiment_id,
+                                           run_name=sweep_name(config.model.name, overrides), kind=Kind.SWEEP,
+                                           tags=tags)
         except TlsweepError as err:
             log.error("%s", err)
             sys.exit(1)
         self.owns_parent = not outer
+        self.command = shlex.join(["python", "-m", "tlsweep", *sys.argv[1:]])
         self.context = SweepContext(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
                                     sweep_layers=tuple(swept_values(overrides, "layer")))
         log.info("sweep parent run %s in experiment %r", parent, config.tracking.experiment)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        console.start_backend_quietly()  # in a launcher's worker process, the first job starts the backend
         context.hand_over(self.context)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -92,15 +104,19 @@ class MLflowSweepCallback(Callback):
         store = Store(sweep.tracking_uri)
         found = runs.sweep_jobs(store, [sweep.experiment_id], sweep.parent_run_id)
         table = summary.comparison_table([RunRecord.parse(run) for run in found])
-        store.write(sweep.parent_run_id, Payload(files=summary.summary_files(table)), under=Artifact.SUMMARY_FOLDER)
-        _, best = summary.selection(table)
-        if best is not None:  # chosen on validation, never on test
-            store.write(sweep.parent_run_id, Payload(tags={Tag.BEST_LAYER: best["layer"],
-                                                           Tag.BEST_RUN_ID: best["run_id"]}))
+        rows, best = summary.selection(table)  # chosen on validation, never on test
+        answer = summary.terminal_table(table)
+        tags = {Tag.NOTE: f"`{self.command}`\n\n{answer}\n"}
+        if best is not None:
+            tags.update({Tag.BEST_LAYER: best["layer"], Tag.BEST_RUN_ID: best["run_id"]})
+        store.write(sweep.parent_run_id, Payload(metrics=summary.parent_metrics(rows, best), tags=tags,
+                                                 files=summary.summary_files(table)), under=Artifact.SUMMARY_FOLDER)
         failed = [] if table.empty else table[table["status"] != runs.FINISHED]
         if self.owns_parent:  # `mlflow run` closes the run it opened
             runs.end(store, sweep.parent_run_id, failed=len(failed) > 0)
-        log.info("sweep summary logged to parent run %s (%d runs)", sweep.parent_run_id, len(table))
+        log.info("sweep summary logged to parent run %s (%d runs):\n%s", sweep.parent_run_id, len(table), answer)
+        log.info("open it with: mlflow ui --backend-store-uri %s   then #/experiments/%s/runs/%s", sweep.tracking_uri,
+                 sweep.experiment_id, sweep.parent_run_id)
         if len(failed):
             for _, row in failed.iterrows():
                 log.error("failed: layer=%s classes=%s C=%s: %s", row["layer"], row["classes"], row["C"], row["error"])

@@ -51,7 +51,7 @@ def configurations(table: pd.DataFrame) -> pd.DataFrame:
     keys = [*GROUP, "layer"]
     grouped = done.groupby(keys, sort=False, dropna=False)
     view = grouped.agg(layer_index=("layer_index", "min"), seeds=("seed", "nunique"),
-                       val_mean=("val_accuracy", "mean"), val_std=("val_accuracy", "std"),
+                       train_mean=("train_accuracy", "mean"), val_mean=("val_accuracy", "mean"), val_std=("val_accuracy", "std"),
                        test_mean=("test_accuracy", "mean"), test_std=("test_accuracy", "std"))
     best_runs = done.loc[done.groupby(keys, sort=False, dropna=False)["val_accuracy"].idxmax(), [*keys, "run_id"]]
     view = view.reset_index().merge(best_runs, on=keys, how="left")
@@ -91,6 +91,41 @@ def selection_markdown(rows: pd.DataFrame, best: Optional[pd.Series]) -> str:
         f"test {best['test_mean']:.4f}, run {best['run_id']}\n\n"
         f"{shown.to_markdown(index=False)}\n"
     )
+
+
+def terminal_table(table: pd.DataFrame) -> str:
+    """The sweep's answer for the terminal: one row per configuration, the best on validation marked."""
+    view = configurations(table)
+    if view.empty:
+        return "no finished runs"
+    best = view["val_mean"].idxmax()
+    varied = [key for key in ("model", *PROTOCOL) if view[key].nunique() > 1]
+    shown = pd.DataFrame({
+        " ": ["*" if index == best else "" for index in view.index],
+        **{key: view[key] for key in varied},
+        "layer": view["layer"], "classes": view["classes"], "C": view["C"],
+        "train": view["train_mean"], "val": view["val_mean"], "test": view["test_mean"],
+        **({"seeds": view["seeds"]} if view["seeds"].max() > 1 else {}),
+    })
+    return (shown.to_markdown(index=False, floatfmt=".3f")
+            + "\n* best mean val accuracy (test accuracy is reported, never used to choose)")
+
+
+def parent_metrics(rows: pd.DataFrame, best: Optional[pd.Series]) -> dict[str, float]:
+    """The answer as the parent run's own metrics, so the collapsed runs table and the charts show it."""
+    if best is None:
+        return {}
+    metrics = {"best_val_accuracy": float(best["val_mean"]), "best_test_accuracy": float(best["test_mean"])}
+    several = rows[["model", "classes"]].drop_duplicates().shape[0] > 1
+    for _, row in rows.iterrows():
+        name = _metric_name(f"{row['model']}/{row['classes']}/{row['layer']}" if several else row["layer"])
+        metrics[f"val_accuracy/{name}"] = float(row["val_mean"])
+        metrics[f"test_accuracy/{name}"] = float(row["test_mean"])
+    return metrics
+
+
+def _metric_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-. :/]+", "_", text)
 
 
 def _mean_std(mean: float, std: float, seeds: int) -> str:

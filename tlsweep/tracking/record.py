@@ -43,6 +43,7 @@ class Tag:
     SPLIT_DIGEST = "split.digest"  # the train, val (and few-shot) row indices, hashed
     BEST_LAYER = "best.layer"  # on a parent: the layer whose best configuration has the best mean val accuracy
     BEST_RUN_ID = "best.run_id"  # on a parent: that configuration's run with the best val accuracy
+    NOTE = "mlflow.note.content"  # the run page's description: on a parent, the command and its answer
     SWEEP_OVERRIDES = "sweep.overrides"
     SWEEP_DIR = "sweep.dir"
 
