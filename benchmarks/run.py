@@ -236,7 +236,7 @@ EXTRACTIONS = {"predict_block5_pool": "`predict`, block5_pool cut, warm",
 
 
 def report(results: dict) -> str:
-    """The figures as markdown: the tables the README's Performance section quotes."""
+    """The figures as markdown: the tables docs/performance.md quotes."""
     lines = [f"machine: {results['machine']}", f"data: {results['data']}", ""]
     six = results.get("six") or {}
     rows = [{"run": label, "total s": row["total_s"], "extraction s": row["extraction_s"], "fits s": row["fit_s"],

@@ -110,9 +110,23 @@ def test_offline_download_failure_is_one_clear_line(isolated, cli, experiment_ru
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if "could not download" in line]
     assert len(lines) == 1 and "CIFAR-10" in lines[0] and "data.path=" in lines[0]
+    assert "ImageNet weights" not in lines[0]  # model.weights=null needs no download
     assert "Traceback" not in result.stderr
-    run = experiment_runs(MlflowClient())[0]
-    assert run.info.status == "FAILED" and "could not download" in run.data.tags["error"]
+    assert experiment_runs(MlflowClient()) == []  # found before any run was opened
+
+
+def test_offline_sweep_names_everything_missing_once_and_points_to_the_demo(isolated, cli, experiment_runs):
+    result = cli("-m", "layer=block4_pool,block5_pool", "model=vgg16,resnet50", cwd=isolated,
+                 env={"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    (line,) = [line for line in output.splitlines() if "could not download" in line]  # once, not once per job
+    for text in ("CIFAR-10", "ImageNet weights for vgg16", "ImageNet weights for resnet50", "data.path=",
+                 "model.weights=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                 "python -m tlsweep -cd sweeps -cn demo"):
+        assert text in line, text
+    assert "Traceback" not in output and "job 1/4" not in output  # no job started
+    assert experiment_runs(MlflowClient()) == []
 
 
 def test_offline_imagenet_weights_failure_names_the_file_to_pass(isolated, cifar_dir, cli):

@@ -24,16 +24,16 @@ from hydra.types import RunMode
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep import console, provenance
+from tlsweep import console, preflight, provenance
 from tlsweep.config import TlsweepConfig, default_cache_dir, default_tracking_uri, register_configs
 from tlsweep.errors import ConfigError, TlsweepError
 from tlsweep.stages import cache, classify, data, features, report
 from tlsweep.sweep import context
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
-from tlsweep.tracking.record import JobRecord, JobResult, Tag
+from tlsweep.tracking.record import JobRecord, JobResult, Tag, error_line
 from tlsweep.tracking.store import Store
-from tlsweep.validate import validate
+from tlsweep.validate import stale_after_seconds, validate
 
 log = logging.getLogger("tlsweep")
 
@@ -48,9 +48,16 @@ def run(cfg: DictConfig, sweep: Optional[SweepContext] = None) -> float:
     try:
         config = validate(cfg)  # every config-only check, before any store, data or model is touched
     except ConfigError as err:
-        _log(cfg, sweep, dataclasses.replace(record, error=err), started)  # a failed attempt, like any other
+        if sweep is not None:  # no run is opened; the sweep's summary still lists the attempt
+            runs.mark_failed(Store(sweep.tracking_uri), sweep.parent_run_id, config_hash=record.tags[Tag.CONFIG_HASH],
+                             line=f"{_overrides_line(config=cfg)}: {error_line(err)}")
         raise
+    if sweep is None:  # a sweep fetched once for all its jobs, in its callback
+        preflight.fetch(data_name=config.data.name, data_path=config.data.path, backbones=[config.model.name],
+                        weights=config.model.weights, image_size=config.data.image_size)
     store, experiment_id, run_id = _open_store(config, sweep)
+    if sweep is not None and sweep.cache_dir and config.cache_dir is None:  # as resolved where the sweep started
+        config = dataclasses.replace(config, cache_dir=sweep.cache_dir)
     if config.resume:
         done = runs.finished_job(store, experiment_id, record.tags[Tag.CONFIG_HASH])
         if done is not None:
@@ -82,7 +89,8 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers=()) -> JobResult:
     """The stages, top to bottom: data, features, fit (or choose C on val and refit), evaluate."""
     start = time.perf_counter()
     cache_root = cache.ensure_writable(default_cache_dir(config.cache_dir))
-    dataset = data.load_dataset(name=config.data.name, path=config.data.path)
+    dataset = data.load_dataset(name=config.data.name, path=config.data.path, image_size=config.data.image_size,
+                                test_fraction=config.data.test_fraction, skip_bad_images=config.data.skip_bad_images)
     classes = list(config.data.classes)
     names = [dataset.class_names[c] for c in classes]
     # split on the labels alone, so a bad val_fraction or train_per_class fails before the CNN runs
@@ -165,7 +173,7 @@ def _job_record(cfg: DictConfig) -> JobRecord:
         Tag.CONFIG_HASH: provenance.config_hash(resolved),
         Tag.LAYER: cfg.layer,
         Tag.MODEL: cfg.model.name,
-        Tag.CLASSES: data.describe_classes(cfg.data.name, list(cfg.data.classes)),
+        Tag.CLASSES: data.describe_classes(cfg.data.name, list(cfg.data.classes), cfg.data.path),
         Tag.DEMO: str(cfg.demo).lower(),
     }
     return JobRecord(params=dict(provenance.flatten(resolved)), config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
@@ -183,15 +191,14 @@ def _open_store(config, sweep: Optional[SweepContext]) -> tuple[Store, str, Opti
     if sweep is not None:
         return Store(sweep.tracking_uri), sweep.experiment_id, None
     store, experiment_id = runs.connect(default_tracking_uri(config.tracking.uri, Path.cwd()),
-                                        config.tracking.experiment)
+                                        config.tracking.experiment,
+                                        stale_after=stale_after_seconds(config.tracking.stale_after))
     outer = context.outer_run_id()
     return store, experiment_id, outer and runs.outer_run(store, outer, experiment_id=experiment_id)
 
 
-def _log(cfg: DictConfig, sweep: Optional[SweepContext], record: JobRecord, started: float) -> None:
-    store, experiment_id, run_id = _open_store(cfg, sweep)
-    runs.log_job(store, experiment_id=experiment_id, run_name=_run_name(cfg), payload=record.payload(),
-                 started=started, parent_run_id=sweep.parent_run_id if sweep else None, run_id=run_id)
+def _overrides_line(*, config) -> str:
+    return f"layer={config.layer} classes={list(config.data.classes)} C={config.classifier.C}"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -212,5 +219,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    console.start_backend_quietly()
+    if not {"--help", "-h", "--hydra-help"} & set(sys.argv):  # help needs no backend
+        console.start_backend_quietly()
     main()

@@ -82,10 +82,10 @@ def machine_view(table: pd.DataFrame) -> pd.DataFrame:
     return wide.sort_values(["model", "classes", "C", "layer_index", "layer"]).drop(columns="layer_index")
 
 
-def comparison_files(table: pd.DataFrame, by_machine: pd.DataFrame) -> dict[str, str | bytes]:
+def comparison_files(table: pd.DataFrame, by_machine: pd.DataFrame, records=()) -> dict[str, str | bytes]:
     """The sweep's own summary files, plus the per-machine view as CSV and markdown."""
     return {
-        **summary.summary_files(table),
+        **summary.summary_files(table, records),
         "by_machine.csv": by_machine.to_csv(index=False),
         "by_machine.md": by_machine.to_markdown(index=False, floatfmt=".4g") + "\n",
     }
@@ -131,8 +131,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             classes=args.classes, search=args.filter)
         if not found:
             raise ConfigError(f"no job runs in {', '.join(experiments)} at {uri} match the filters given")
-        table = summary.comparison_table([RunRecord.parse(run) for run in found])
-        files = comparison_files(table, machine_view(table))
+        records = [RunRecord.parse(run) for run in found]
+        table = summary.comparison_table(records)
+        files = comparison_files(table, machine_view(table), records)
         if args.out:
             write_files(args.out.resolve(), files)
             log.info("comparison of %d runs written to %s", len(table), args.out.resolve())

@@ -9,14 +9,14 @@ from typing import Any, List, Optional
 
 import numpy as np
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # a keras.applications backbone: vgg16, vgg19, resnet50, mobilenet_v2
+    name: str = MISSING  # a keras.applications backbone in snake_case: vgg16, resnet50_v2, efficientnet_b0, ...
     weights: Optional[str] = "imagenet"  # "imagenet", null (random init) or a path to a weights file
     default_layer: str = MISSING  # the cut used when `layer` is not given
     batch_size: int = 256  # images per forward pass during extraction
@@ -24,12 +24,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # cifar10 or digits
+    name: str = MISSING  # cifar10, digits or folder
     path: Optional[str] = None  # null: download through Keras; else a local archive or folder
+    # indices into the class names; data=folder defaults to all of its class folders (FOLDER_CLASSES)
     classes: List[int] = field(default_factory=lambda: [4, 5, 6, 7, 8, 9])
     val_fraction: float = 0.2
     image_size: Optional[int] = None  # null keeps the native size (32x32 for CIFAR-10)
     train_per_class: Optional[int] = None  # few-shot: k seeded training images per class; null: all
+    test_fraction: float = 0.2  # folder without train/ and test/: stratified share held out for test, fixed seed
+    skip_bad_images: bool = False  # folder: skip files that do not decode (Dataset.skipped) instead of stopping
 
 
 def _default_C_grid() -> list[float]:
@@ -60,6 +63,7 @@ class TrackingConfig:
     uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment: str = "tlsweep"
     machine: Optional[str] = None  # a name for this machine in comparisons; null: the host name
+    stale_after: str = "5m"  # a RUNNING run whose heartbeat is older is marked KILLED: seconds, or 90s, 5m, 1h
 
 
 @dataclass
@@ -76,8 +80,22 @@ class TlsweepConfig:
     demo: bool = False  # tags runs as a demo (random weights, stand-in images)
 
 
+# conf/data/folder.yaml: `classes: ${tlsweep.folder_classes:${.path}}`, every class folder of data.path
+FOLDER_CLASSES = "tlsweep.folder_classes"
+
+
+def _all_folder_classes(path: Optional[str]) -> list[int]:
+    """Indices of every class folder of `path`; [] when it cannot be listed, which validation then explains."""
+    from tlsweep.stages import folder
+
+    return list(range(len(folder.class_folder_names(path)))) if path else []
+
+
 def register_configs() -> None:
-    """Register the schemas; each group's yaml files extend their schema via `defaults`."""
+    """Register the schemas, and the resolver of a folder's default classes; each group's yaml files extend
+    their schema via `defaults`."""
+    if not OmegaConf.has_resolver(FOLDER_CLASSES):
+        OmegaConf.register_new_resolver(FOLDER_CLASSES, _all_folder_classes)
     cs = ConfigStore.instance()
     cs.store(name="tlsweep_schema", node=TlsweepConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

@@ -15,3 +15,7 @@ class DataError(TlsweepError):
 
 class FetchError(TlsweepError):
     """Something that had to be downloaded could not be; the message says how to pass a local file."""
+
+    def __init__(self, *, what: str, reason: str, remedy: str):
+        self.what, self.reason, self.remedy = what, reason, remedy  # remedy: the override that gives a local file
+        super().__init__(f"could not download {what} ({reason}); pass a local copy with {remedy}")

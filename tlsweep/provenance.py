@@ -92,6 +92,11 @@ def _start_time(pid: int) -> str:
         return "?"
 
 
+def process_on_this_host(process: str) -> bool:
+    """Whether a process recorded by `process_id` ran on this host, where `process_alive` can check it."""
+    return process.split(":", 1)[0] == socket.gethostname()
+
+
 def process_alive(process: str) -> bool:
     """Whether a process recorded by `process_id` on this host still runs; other hosts count as alive."""
     try:

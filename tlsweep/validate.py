@@ -1,4 +1,6 @@
-"""Every check that needs only the config, in one step that runs before any store, data or model is touched.
+"""Every check that needs only the config, in one step that runs before any store, data or weights are touched.
+
+The cut layer is checked against the backbone's architecture, built without weights (once per process).
 
 Hydra's schema already rejects unknown keys and wrong types at composition; this checks the values. Each
 error is one line that names the key, the value received and what is allowed. The stages trust what passes.
@@ -7,13 +9,14 @@ error is one line that names the key, the value received and what is allowed. Th
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from tlsweep.config import TlsweepConfig
 from tlsweep.errors import ConfigError
-from tlsweep.stages import classify, data, features, models
+from tlsweep.stages import classify, data, features, folder, models
 
 
 def validate(cfg: DictConfig) -> TlsweepConfig:
@@ -22,16 +25,20 @@ def validate(cfg: DictConfig) -> TlsweepConfig:
     if not 0 <= config.seed < 2**32:  # what numpy, Keras and scikit-learn accept
         raise ConfigError(f"seed should be an integer in [0, 2**32 - 1]; received seed={config.seed}")
     _model(config)
+    models.check_layer_names(models.architecture_layer_names(config.model.name), [config.layer],
+                             model_name=config.model.name)
     _data(config)
+    _input_size(config)
     _features(config)
     _classifier(config)
+    stale_after_seconds(config.tracking.stale_after)
     return config
 
 
 def _model(config: TlsweepConfig) -> None:
     model = config.model
-    if model.name not in models.BACKBONES:
-        raise ConfigError(f"model.name should be one of {sorted(models.BACKBONES)}; received model.name={model.name!r}")
+    if model.name not in models.backbones():
+        raise ConfigError(f"model.name should be one of {list(models.backbones())}; received model.name={model.name!r}")
     if not _positive_int(model.batch_size):
         raise ConfigError(f"model.batch_size should be an integer >= 1; received model.batch_size={model.batch_size!r}")
 
@@ -52,12 +59,35 @@ def _data(config: TlsweepConfig) -> None:
         raise ConfigError(
             f"data.val_fraction should be in the open interval (0, 1); received data.val_fraction={spec.val_fraction}"
         )
-    validate_classes(list(spec.classes), data.CLASS_NAMES[spec.name])
+    validate_classes(list(spec.classes), _folder(spec) if spec.name == "folder" else data.CLASS_NAMES[spec.name])
     if spec.train_per_class is not None and not _positive_int(spec.train_per_class):
         raise ConfigError(
             f"data.train_per_class should be null (all) or an integer >= 1; received "
             f"data.train_per_class={spec.train_per_class!r}"
         )
+
+
+def _folder(spec) -> tuple[str, ...]:
+    """A folder's own keys, then its layout, listed (not decoded) so that a bad folder opens no run; its classes."""
+    if spec.path is None:
+        raise ConfigError("data.path should be a folder with one subfolder per class for data.name='folder'; "
+                          "received data.path=None")
+    if not 0.0 < spec.test_fraction < 1.0:
+        raise ConfigError(
+            f"data.test_fraction should be in the open interval (0, 1); received data.test_fraction={spec.test_fraction}"
+        )
+    layout = folder.scan(spec.path)
+    folder.check_test_fraction(layout, spec.test_fraction)
+    return layout.class_names
+
+
+def _input_size(config: TlsweepConfig) -> None:
+    """The backbone's smallest input, against data.image_size or, when null, the images' own size."""
+    spec = config.data
+    size = data.input_size(name=spec.name, path=spec.path, image_size=spec.image_size)
+    received = (f"data.image_size={spec.image_size}" if spec.image_size is not None else
+                f"data.image_size=null, which keeps the {size}x{size} images of data.name={spec.name!r}")
+    models.check_input_size(config.model.name, size, received=received)
 
 
 def _features(config: TlsweepConfig) -> None:
@@ -113,6 +143,23 @@ def _classifier(config: TlsweepConfig) -> None:
         raise ConfigError(f"classifier.tol should be a positive number; received classifier.tol={spec.tol!r}")
     if str(spec.dual).lower() not in classify.DUAL:
         raise ConfigError(f"classifier.dual should be one of {list(classify.DUAL)}; received classifier.dual={spec.dual!r}")
+
+
+MIN_STALE_AFTER_S = 10.0  # the heartbeat beats a tenth of this: more often would only load the server
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(s|m|h)?\s*")
+_UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600}
+
+
+def stale_after_seconds(value: Any) -> float:
+    """tracking.stale_after in seconds: a number of seconds, or a duration such as 90s, 5m or 1h."""
+    found = _DURATION.fullmatch(str(value))
+    seconds = float(found[1]) * _UNIT_SECONDS[found[2]] if found else math.nan
+    if not seconds >= MIN_STALE_AFTER_S:
+        raise ConfigError(
+            f"tracking.stale_after should be a duration of at least {MIN_STALE_AFTER_S:g}s, in seconds or with "
+            f"a unit (300, 90s, 5m, 1h); received tracking.stale_after={value!r}"
+        )
+    return seconds
 
 
 def _positive_number(value: Any) -> bool:

@@ -1,4 +1,5 @@
-"""Image sets: CIFAR-10 (Keras download or a local copy) and scikit-learn's digits, plus the split."""
+"""Image sets: CIFAR-10 (Keras download or a local copy), scikit-learn's digits and a folder of your own
+images, plus the split."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from tlsweep.errors import ConfigError, DataError, FetchError
-from tlsweep.stages import cifar10
+from tlsweep.stages import cifar10, folder
 from tlsweep.stages.cifar10 import CLASSES as CIFAR10_CLASSES
 
 log = logging.getLogger(__name__)
 
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "digits": DIGITS_CLASSES}
-DATASETS = tuple(CLASS_NAMES)
+DATASETS = (*CLASS_NAMES, "folder")  # a folder's class names are its subfolders: see `class_names`
+NATIVE_SIZES = {"cifar10": 32, "digits": 8}  # the input size when data.image_size is null; a folder's: its images'
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class ImageSet:
     name: str
     images: np.ndarray  # uint8, (n, height, width, 3)
     labels: np.ndarray  # int64, (n,)
+    ids: tuple = ()  # a folder's images: each one's path relative to data.path, in the order of `images`
 
     def indices_of(self, label: int) -> np.ndarray:
         return np.flatnonzero(self.labels == label)
@@ -42,13 +45,21 @@ class Dataset:
     test: ImageSet
     fingerprint: str  # content hash: the same images give the same features on every machine
     source: str
+    skipped: tuple = ()  # a folder's files that did not decode (folder.SkippedImage: id, reason), when skipping
 
     def image_set(self, name: str) -> ImageSet:
         return {"train": self.train, "test": self.test}[name]
 
 
-def load_dataset(*, name: str, path: Optional[str]) -> Dataset:
-    """Load a data set by name; `path` points to a local copy instead of a download."""
+def load_dataset(*, name: str, path: Optional[str], image_size: Optional[int] = None, test_fraction: float = 0.2,
+                 skip_bad_images: bool = False) -> Dataset:
+    """Load a data set by name; `path` points to a local copy instead of a download, or to a folder of images.
+
+    The other options are a folder's: CIFAR-10 and digits keep their native size (the CNN's input is resized
+    batch by batch) and their own test sets.
+    """
+    if name == "folder":
+        return load_folder(path, image_size=image_size, test_fraction=test_fraction, skip_bad_images=skip_bad_images)
     loaders: dict[str, Callable[[Optional[str]], Dataset]] = {
         "cifar10": load_cifar10,
         "digits": load_digits,
@@ -56,14 +67,32 @@ def load_dataset(*, name: str, path: Optional[str]) -> Dataset:
     return loaders[name](path)
 
 
+def load_folder(path: str, *, image_size: Optional[int], test_fraction: float, skip_bad_images: bool) -> Dataset:
+    """A folder of one subfolder per class (or train/ and test/ holding them), decoded and resized to image_size."""
+    found = folder.read(path, image_size=image_size, test_fraction=test_fraction, skip_bad_images=skip_bad_images)
+    return Dataset(
+        name="folder", class_names=found.class_names,
+        train=ImageSet("train", found.train.images, found.train.labels, found.train.ids),
+        test=ImageSet("test", found.test.images, found.test.labels, found.test.ids),
+        fingerprint=found.fingerprint, source=str(Path(path).expanduser().resolve()), skipped=found.skipped,
+    )
+
+
+def input_size(*, name: str, path: Optional[str], image_size: Optional[int]) -> int:
+    """The CNN's square input size: data.image_size, else the images' own (a folder's: their one square size)."""
+    if image_size is not None:
+        return image_size
+    return NATIVE_SIZES.get(name) or folder.common_size(folder.scan(path))
+
+
 def subset_labels(images: ImageSet, classes: Sequence[int]) -> np.ndarray:
     """Labels of `classes`, class by class: the order `features.extract_features` returns them in."""
     return np.concatenate([np.full(len(images.indices_of(c)), c, dtype=np.int64) for c in classes])
 
 
-def describe_classes(name: str, classes: Sequence[int]) -> str:
+def describe_classes(name: str, classes: Sequence[int], path: Optional[str] = None) -> str:
     """Class names for tags ("deer,dog,..."); indices that are not valid stay as given."""
-    names = CLASS_NAMES.get(name, ())
+    names = folder.class_folder_names(path) if name == "folder" else CLASS_NAMES.get(name, ())
     return ",".join(names[c] if isinstance(c, int) and 0 <= c < len(names) else str(c) for c in classes)
 
 
@@ -140,8 +169,8 @@ def load_cifar10(path: Optional[str] = None) -> Dataset:
             (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
         except Exception as err:  # keras raises a bare Exception for URL failures
             raise FetchError(
-                f"could not download CIFAR-10 through Keras ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
-                "pass a local copy with data.path=/path/to/cifar-10-python.tar.gz (or its cifar-10-batches-py folder)"
+                what="CIFAR-10 through Keras", reason=f"{type(err).__name__}: {str(err).splitlines()[0][:160]}",
+                remedy="data.path=/path/to/cifar-10-python.tar.gz (or its cifar-10-batches-py folder)",
             ) from None
         return _dataset("cifar10", CIFAR10_CLASSES, x_train, y_train, x_test, y_test, "keras.datasets.cifar10")
 

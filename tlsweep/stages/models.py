@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import logging
+import re
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -12,22 +14,91 @@ from tlsweep.errors import ConfigError, DataError, FetchError
 
 log = logging.getLogger(__name__)
 
-# name -> (keras.applications module, constructor, ImageNet weights file Keras would fetch)
-BACKBONES = {
-    "vgg16": ("vgg16", "VGG16", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "vgg19": ("vgg19", "VGG19", "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "resnet50": ("resnet", "ResNet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "mobilenet_v2": (
-        "mobilenet_v2",
-        "MobileNetV2",
-        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-    ),
-}
+
+def snake_name(constructor: str, module: str) -> str:
+    """The name users type for a keras.applications constructor: ResNet50V2 (module resnet_v2) -> resnet50_v2.
+
+    The module name gives the words (mobilenet_v3 + MobileNetV3Small -> mobilenet_v3_small); a model number
+    stays joined (densenet121, resnet50), as Keras' own module and weight file names have it.
+    """
+    lower, joined = constructor.lower(), module.replace("_", "")
+    if lower == joined:
+        return module
+    if lower.startswith(joined):
+        suffix = lower[len(joined):]
+        return module + suffix if suffix.isdigit() else f"{module}_{suffix}"
+    return re.sub(r"(?<=\d)v(?=\d)", "_v", lower)  # ResNet50V2 in resnet_v2
 
 
-def _application(name: str):
-    module_name, constructor, _ = BACKBONES[name]
-    return importlib.import_module(f"keras.applications.{module_name}"), constructor
+@functools.lru_cache(maxsize=None)
+def backbones() -> dict[str, tuple[str, str]]:
+    """Every CNN in keras.applications, read from the package: snake_case name -> (module, constructor)."""
+    import keras
+
+    found = {}
+    for constructor in dir(keras.applications):
+        if constructor[:1].isupper() and callable(getattr(keras.applications, constructor)):
+            module = getattr(keras.applications, constructor).__module__.rsplit(".", 1)[-1]
+            found[snake_name(constructor, module)] = (module, constructor)
+    return dict(sorted(found.items()))
+
+
+def _application(name: str) -> tuple:
+    """(its public module, which holds `preprocess_input`; its constructor, from keras.applications)."""
+    import keras
+
+    module_name, constructor = backbones()[name]
+    return importlib.import_module(f"keras.applications.{module_name}"), getattr(keras.applications, constructor)
+
+
+def _construct(name: str, *, seed: Optional[int] = None, **kwargs):
+    """The backbone without its classifier, its auto-named layers (activation_3, layer_normalization) named
+    the same in every build: Keras numbers unnamed layers from a process-wide counter, which
+    `clear_session` resets, so a cut named in the config finds the same layer in every process."""
+    import keras
+
+    _, constructor = _application(name)
+    keras.backend.clear_session(free_memory=False)
+    if seed is not None:  # after the reset, which forgets the seed
+        keras.utils.set_random_seed(seed)
+    return constructor(include_top=False, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def min_input_size(name: str) -> int:
+    """The smallest square input backbone `name` accepts (75 for Inception, 71 for Xception, else 32).
+
+    Keras checks it before building any layer, so a 1x1 request costs nothing and its message has the answer.
+    """
+    _, constructor = _application(name)
+    try:
+        constructor(include_top=False, weights=None, input_shape=(1, 1, 3))
+    except ValueError as err:
+        found = re.search(r"at least (\d+)x(\d+)", str(err))
+        if found:
+            return max(int(found.group(1)), int(found.group(2)))
+    return 32  # keras.applications' usual minimum, if a future model words its check differently
+
+
+def check_input_size(name: str, input_size: int, *, received: str = "") -> None:
+    """One line naming both sizes when the input is smaller than the backbone accepts."""
+    smallest = min_input_size(name)
+    if input_size < smallest:
+        raise ConfigError(
+            f"data.image_size should be at least {smallest} for {name} (its smallest input, {smallest}x{smallest}); "
+            f"received {received or f'an input size of {input_size}x{input_size}'}"
+        )
+
+
+def weights_file(name: str, error: BaseException) -> str:
+    """The ImageNet weights file Keras tried to fetch, as the override that passes a local copy.
+
+    Keras' download error quotes the URL; its last part is the file name (each model names its own).
+    """
+    found = re.search(r"https?://\S+/([^/\s:]+\.h5)", str(error))
+    if found:
+        return f"model.weights=/path/to/{found.group(1)}"
+    return f"model.weights=/path/to/<{name} weights .h5> (the include_top=False ImageNet weights file of {name})"
 
 
 def preprocess_fn(name: str) -> Callable:
@@ -57,16 +128,11 @@ def weights_fingerprint(weights: Optional[str], seed: int) -> str:
 
 def build_backbone(*, name: str, weights: Optional[str], input_size: int, seed: int):
     """The convolutional part of a keras.applications model (`include_top=False`)."""
-    import keras
-
-    module, constructor = _application(name)
     weights_fingerprint(weights, seed)  # validates a path before Keras sees it
-    keras.utils.set_random_seed(seed)  # random-init backbones are reproducible
     source = weights if weights in (None, "imagenet") else str(Path(weights).expanduser())
-    try:
-        return getattr(module, constructor)(
-            include_top=False, weights=source, input_shape=(input_size, input_size, 3)
-        )
+    check_input_size(name, input_size)
+    try:  # random-init backbones are reproducible: seeded
+        return _construct(name, seed=seed, weights=source, input_shape=(input_size, input_size, 3))
     except Exception as err:
         if weights not in (None, "imagenet"):  # ValueError: another model's file; OSError: h5py, truncated
             raise DataError(
@@ -80,26 +146,38 @@ def build_backbone(*, name: str, weights: Optional[str], input_size: int, seed: 
             ) from None
         if weights is None:
             raise
-        filename = BACKBONES[name][2]
         raise FetchError(
-            f"could not download the ImageNet weights for {name} ({str(err).splitlines()[0][:200] or type(err).__name__}); "
-            f"pass a local file with model.weights=/path/to/{filename}"
+            what=f"the ImageNet weights for {name}", reason=str(err).splitlines()[0][:200] or type(err).__name__,
+            remedy=weights_file(name, err),
         ) from None
+
+
+@functools.lru_cache(maxsize=None)
+def architecture_layer_names(name: str) -> tuple[str, ...]:
+    """The cut layers of backbone `name`, from its architecture alone: no weights, no data, no forward pass."""
+    return tuple(cut_layer_names(_construct(name, weights=None)))
 
 
 def cut_layer_names(model) -> list[str]:
     """Every layer a feature can be taken from: all but the input."""
-    return list(cut_shapes(model))
+    return [layer.name for layer in _cut_layers(model)]
+
+
+def _cut_layers(model) -> list:
+    return [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
 
 
 def cut_shapes(model) -> dict[str, tuple[int, ...]]:
     """Each cut layer's output shape per image: (H, W, C) for a feature map."""
-    return {layer.name: tuple(int(d) for d in layer.output.shape[1:]) for layer in model.layers
-            if type(layer).__name__ != "InputLayer"}
+    return {layer.name: tuple(int(d) for d in layer.output.shape[1:]) for layer in _cut_layers(model)}
 
 
 def validate_layers(model, layers: Sequence[str], *, model_name: str) -> None:
-    valid = cut_layer_names(model)
+    check_layer_names(cut_layer_names(model), layers, model_name=model_name)
+
+
+def check_layer_names(valid: Sequence[str], layers: Sequence[str], *, model_name: str) -> None:
+    valid = list(valid)
     for layer in layers:
         if layer not in valid:
             raise ConfigError(

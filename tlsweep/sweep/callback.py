@@ -8,6 +8,7 @@ builds the `SweepContext`. Hydra pickles this callback into every job, under eve
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -17,14 +18,16 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep import console, provenance
-from tlsweep.config import default_tracking_uri
+from tlsweep import console, preflight, provenance
+from tlsweep.config import default_cache_dir, default_tracking_uri
 from tlsweep.errors import TlsweepError
 from tlsweep.sweep import context, summary
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
 from tlsweep.tracking.record import Artifact, Kind, Payload, RunRecord, Tag
+from tlsweep.tracking.heartbeat import Heartbeat, interval_for
 from tlsweep.tracking.store import Store
+from tlsweep.validate import stale_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,15 @@ def swept_values(overrides: list[str], key: str) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def sweep_size(overrides: list[str]) -> int:
+    """How many jobs the basic sweeper makes of `overrides`: the product of each swept key's value count."""
+    counts = {}
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            counts[override.get_key_element()] = len(list(override.sweep_string_iterator()))
+    return math.prod(counts.values())
+
+
 def sweep_name(model: str, overrides: list[str]) -> str:
     """A parent run named after what the sweep varies: `vgg16 layer=block3_pool,block4_pool,block5_pool`."""
     varied = [f"{override.get_key_element()}={','.join(map(str, override.sweep_string_iterator()))}"
@@ -62,12 +74,19 @@ class MLflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.context: Optional[SweepContext] = None
         self.owns_parent = True
+        self.heartbeat: Optional[Heartbeat] = None  # keeps the parent's tlsweep.heartbeat fresh while jobs run
+        self.command = ""
+        self.n_jobs = 0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         overrides = sweep_overrides(config)
         uri = default_tracking_uri(config.tracking.uri, Path.cwd())
-        try:
-            store, experiment_id = runs.connect(uri, config.tracking.experiment)
+        try:  # what every job needs from the network, once: offline, one line names all of it
+            preflight.fetch(data_name=config.data.name, data_path=config.data.path,
+                            backbones=swept_values(overrides, "model") or [config.model.name],
+                            weights=config.model.weights, image_size=config.data.image_size)
+            stale_after = stale_after_seconds(config.tracking.stale_after)
+            store, experiment_id = runs.connect(uri, config.tracking.experiment, stale_after=stale_after)
             outer = context.outer_run_id()
             if outer:  # `mlflow run` opened a run for this command: it becomes the sweep's parent
                 parent = runs.outer_run(store, outer, experiment_id=experiment_id)
@@ -85,13 +104,17 @@ class MLflowSweepCallback(Callback):
             log.error("%s", err)
             sys.exit(1)
         self.owns_parent = not outer
+        self.heartbeat = Heartbeat(uri, parent, interval=interval_for(stale_after)).start()
         self.command = shlex.join(["python", "-m", "tlsweep", *sys.argv[1:]])
+        self.n_jobs = sweep_size(overrides)
         self.context = SweepContext(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
-                                    sweep_layers=tuple(swept_values(overrides, "layer")))
+                                    sweep_layers=tuple(swept_values(overrides, "layer")),
+                                    cache_dir=str(default_cache_dir(config.cache_dir)))
         log.info("sweep parent run %s in experiment %r", parent, config.tracking.experiment)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         console.start_backend_quietly()  # in a launcher's worker process, the first job starts the backend
+        log.info("job %d/%d: %s", config.hydra.job.num + 1, self.n_jobs, " ".join(config.hydra.overrides.task))
         context.hand_over(self.context)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -103,22 +126,30 @@ class MLflowSweepCallback(Callback):
         sweep = self.context
         store = Store(sweep.tracking_uri)
         found = runs.sweep_jobs(store, [sweep.experiment_id], sweep.parent_run_id)
-        table = summary.comparison_table([RunRecord.parse(run) for run in found])
+        records = [RunRecord.parse(run) for run in found]
+        table = summary.comparison_table(records)
         rows, best = summary.selection(table)  # chosen on validation, never on test
         answer = summary.terminal_table(table)
         tags = {Tag.NOTE: f"`{self.command}`\n\n{answer}\n"}
         if best is not None:
             tags.update({Tag.BEST_LAYER: best["layer"], Tag.BEST_RUN_ID: best["run_id"]})
         store.write(sweep.parent_run_id, Payload(metrics=summary.parent_metrics(rows, best), tags=tags,
-                                                 files=summary.summary_files(table)), under=Artifact.SUMMARY_FOLDER)
+                                                 files=summary.summary_files(table, records)),
+                    under=Artifact.SUMMARY_FOLDER)
         failed = [] if table.empty else table[table["status"] != runs.FINISHED]
+        checks = runs.failed_checks(store, sweep.parent_run_id)  # jobs whose config failed: they opened no run
+        if self.heartbeat is not None:  # its last beat is written before the run closes
+            self.heartbeat.stop()
         if self.owns_parent:  # `mlflow run` closes the run it opened
-            runs.end(store, sweep.parent_run_id, failed=len(failed) > 0)
+            runs.end(store, sweep.parent_run_id, failed=len(failed) + len(checks) > 0)
         log.info("sweep summary logged to parent run %s (%d runs):\n%s", sweep.parent_run_id, len(table), answer)
         log.info("open it with: mlflow ui --backend-store-uri %s   then #/experiments/%s/runs/%s", sweep.tracking_uri,
                  sweep.experiment_id, sweep.parent_run_id)
-        if len(failed):
+        if len(failed) or checks:
             for _, row in failed.iterrows():
                 log.error("failed: layer=%s classes=%s C=%s: %s", row["layer"], row["classes"], row["C"], row["error"])
-            log.error("%d of %d jobs failed; see the parent run %s", len(failed), len(table), sweep.parent_run_id)
+            for line in checks:
+                log.error("failed: %s", line)
+            log.error("%d of %d jobs failed; see the parent run %s", len(failed) + len(checks),
+                      len(table) + len(checks), sweep.parent_run_id)
             sys.exit(1)

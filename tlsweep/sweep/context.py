@@ -27,6 +27,9 @@ class SweepContext:
     experiment_id: str
     parent_run_id: str
     sweep_layers: tuple[str, ...] = ()  # every layer the sweep names: one CNN pass extracts them all
+    # absolute, resolved where the sweep started: jobs on other nodes (Ray, SLURM) share the features even
+    # where their environment lacks TLSWEEP_CACHE_DIR; a job whose config names a cache_dir uses that
+    cache_dir: Optional[str] = None
 
 
 _received: Optional[SweepContext] = None

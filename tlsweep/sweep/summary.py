@@ -35,6 +35,7 @@ def comparison_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     table = pd.DataFrame([dataclasses.asdict(record) for record in records], columns=list(COLUMNS))
     if table.empty:
         return table
+    table = table.astype({"layer_index": "Int64", "converged": "Int64", "seed": "Int64"})  # counts, not floats
     return table.sort_values(["model", "classes", *PROTOCOL, "layer_index", "layer", "seed", "machine"],
                              na_position="last")
 
@@ -136,11 +137,11 @@ def _protocol(row) -> str:
     return ", ".join(f"{key}={row[key]}" for key in PROTOCOL)
 
 
-def summary_files(table: pd.DataFrame) -> dict[str, str | bytes]:
+def summary_files(table: pd.DataFrame, records: Sequence[RunRecord] = ()) -> dict[str, str | bytes]:
     """The comparison as files: the tables as CSV and markdown, the selection, and the plots as PNG."""
     if table.empty:
         return {}
-    figures = {**accuracy_vs_layer(table), **val_accuracy_vs_C(table)}
+    figures = {**accuracy_vs_layer(table), **val_accuracy_vs_C(table), **class_recall_vs_layer(table, records)}
     return {
         "comparison.csv": table.to_csv(index=False),
         "comparison.md": to_markdown(table),
@@ -205,6 +206,31 @@ def accuracy_vs_layer(table: pd.DataFrame) -> dict[str, plt.Figure]:
             ax.plot(group["layer"], group[column], marker=marker, label=column.split("_")[0])
         _label(ax, "cut layer (input → output)", "accuracy", _title(key))
         figures[f"accuracy_vs_layer-{_slug_of(key)}.png"] = fig
+    return figures
+
+
+def class_recall_vs_layer(table: pd.DataFrame, records: Sequence[RunRecord]) -> dict[str, plt.Figure]:
+    """Test recall of each class at each layer, per group: which classes gain from a deeper or shallower cut."""
+    recall = {record.run_id: record.test_recall for record in records}
+    figures = {}
+    for key, group in _finished(table).groupby(GROUP, sort=False, dropna=False):
+        rows = [{"layer": row.layer, "layer_index": row.layer_index, **recall.get(row.run_id, {})}
+                for row in group.itertuples()]
+        frame = pd.DataFrame(rows).groupby(["layer_index", "layer"], dropna=False).mean().droplevel(0)
+        if frame.shape[0] < 2 or frame.shape[1] == 0:
+            continue
+        fig, ax = plt.subplots(figsize=(1.2 * frame.shape[0] + 3, 0.35 * frame.shape[1] + 1.8))
+        image = ax.imshow(frame.T.values, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(frame.shape[0]), frame.index, rotation=30, ha="right")
+        ax.set_yticks(range(frame.shape[1]), frame.columns)
+        for (i, j), value in pd.DataFrame(frame.T.values).stack().items():
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value < 0.6 else "black")
+        fig.colorbar(image, ax=ax, label="test recall")
+        ax.set_xlabel("cut layer (input → output)")
+        ax.set_title(f"test recall per class: {_title(key)}", fontsize=9)
+        fig.tight_layout()
+        figures[f"class_recall_vs_layer-{_slug_of(key)}.png"] = fig
     return figures
 
 

@@ -28,8 +28,10 @@ class Tag:
 
     KIND = "tlsweep.kind"
     PROCESS = "tlsweep.process"  # host:pid:start-time of the process that owns a RUNNING run
+    HEARTBEAT = "tlsweep.heartbeat"  # UTC time its process last said a RUNNING run is alive (tracking/heartbeat.py)
     CONFIG_HASH = "tlsweep.config_hash"
     RESUMED_PREFIX = "tlsweep.resumed."  # on a parent: tlsweep.resumed.<config hash> = the reused run's id
+    FAILED_PREFIX = "tlsweep.failed."  # on a parent: tlsweep.failed.<config hash> = a job that failed its checks
     PARENT = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"
     ERROR = "error"
@@ -88,24 +90,13 @@ class Metric:
     SEARCH_VAL_ACCURACY = "search/val_accuracy"  # at the same steps
 
     @staticmethod
+    def of(split: str, *name: str) -> str:
+        """`{split}_{name}`: test_accuracy, val_balanced_accuracy, train_top5_accuracy, test_macro_f1, test_recall_deer."""
+        return "_".join((split, *name))
+
+    @staticmethod
     def accuracy(split: str) -> str:
-        return f"{split}_accuracy"
-
-    @staticmethod
-    def balanced_accuracy(split: str) -> str:
-        return f"{split}_balanced_accuracy"
-
-    @staticmethod
-    def top5_accuracy(split: str) -> str:
-        return f"{split}_top5_accuracy"
-
-    @staticmethod
-    def average(split: str, average: str, stat: str) -> str:
-        return f"{split}_{average}_{stat}"  # e.g. test_macro_f1
-
-    @staticmethod
-    def per_class(split: str, stat: str, class_name: str) -> str:
-        return f"{split}_{stat}_{class_name}"  # e.g. test_recall_deer
+        return Metric.of(split, "accuracy")
 
 
 class Artifact:
@@ -117,12 +108,9 @@ class Artifact:
     SELECTION = "selection.md"  # under SUMMARY_FOLDER
 
     @staticmethod
-    def report_text(split: str) -> str:
-        return f"reports/{split}_classification_report.txt"
-
-    @staticmethod
-    def report_json(split: str) -> str:
-        return f"reports/{split}_classification_report.json"
+    def report(split: str, suffix: str) -> str:
+        """reports/{split}_classification_report.txt (as scikit-learn prints it) or .json."""
+        return f"reports/{split}_classification_report.{suffix}"
 
     @staticmethod
     def confusion(split: str) -> str:
@@ -190,15 +178,15 @@ class JobResult:
         for result in self.splits:
             table, split = result.table, result.split
             metrics[Metric.accuracy(split)] = float(table["accuracy"])
-            metrics[Metric.balanced_accuracy(split)] = result.balanced_accuracy
+            metrics[Metric.of(split, "balanced_accuracy")] = result.balanced_accuracy
             if result.top5_accuracy is not None:
-                metrics[Metric.top5_accuracy(split)] = result.top5_accuracy
+                metrics[Metric.of(split, "top5_accuracy")] = result.top5_accuracy
             for average, short in _AVERAGES.items():
                 for stat, name in _STATS.items():
-                    metrics[Metric.average(split, short, name)] = float(table[average][stat])
+                    metrics[Metric.of(split, short, name)] = float(table[average][stat])
             for class_name in self.class_names:
                 for stat, name in _STATS.items():
-                    metrics[Metric.per_class(split, name, class_name)] = float(table[class_name][stat])
+                    metrics[Metric.of(split, name, class_name)] = float(table[class_name][stat])
         metrics.update({
             Metric.EXTRACTION_SECONDS: self.extraction_seconds,
             Metric.CNN_FORWARD_IMAGES: self.cnn_forward_images,
@@ -243,8 +231,8 @@ class JobRecord:
             if result.search_png is not None:
                 files[Artifact.SEARCH_PLOT] = result.search_png
             for split in result.splits:
-                files[Artifact.report_text(split.split)] = split.text
-                files[Artifact.report_json(split.split)] = json.dumps(split.table, indent=2)
+                files[Artifact.report(split.split, "txt")] = split.text
+                files[Artifact.report(split.split, "json")] = json.dumps(split.table, indent=2)
                 files[Artifact.confusion(split.split)] = split.confusion_png
             if result.fit_warnings:
                 files[Artifact.FIT_WARNINGS] = "\n".join(result.fit_warnings) + "\n"
@@ -301,6 +289,7 @@ class RunRecord:
     config_hash: Optional[str]
     error: str
     run_id: str
+    test_recall: Mapping[str, float] = field(default_factory=dict, metadata={"column": False})  # per class
 
     @classmethod
     def parse(cls, run: StoredRun) -> "RunRecord":
@@ -335,10 +324,13 @@ class RunRecord:
             config_hash=tags.get(Tag.CONFIG_HASH),
             error=tags.get(Tag.ERROR, ""),
             run_id=run.run_id,
+            test_recall={key.removeprefix(_TEST_RECALL): value for key, value in metrics.items()
+                         if key.startswith(_TEST_RECALL)},
         )
 
 
-COLUMNS = tuple(item.name for item in dataclasses.fields(RunRecord))
+_TEST_RECALL = Metric.of("test", "recall", "")
+COLUMNS = tuple(item.name for item in dataclasses.fields(RunRecord) if item.metadata.get("column", True))
 
 
 def config_keys_missing_from(schema: type) -> list[str]:

@@ -2,8 +2,8 @@
 
 A job run is written once, when the job has ended, from its `JobRecord`: it is created, filled and closed
 in one call, and closed FAILED if the writing itself fails, so no job run is ever left RUNNING. A sweep
-parent and a summary run span more than one call; they carry the process that owns them, so the next
-sweep can tell a run whose process was killed from one still at work.
+parent and a summary run span more than one call; they carry the process that owns them and a heartbeat,
+so the next command, on this host or any other, can tell a run whose process died from one still at work.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from mlflow.entities import RunStatus
 
 from tlsweep import provenance
 from tlsweep.errors import ConfigError
+from tlsweep.tracking import heartbeat
 from tlsweep.tracking.record import Kind, Payload, RunRecord, StoredRun, Tag
 from tlsweep.tracking.store import Store
 
@@ -24,11 +25,14 @@ log = logging.getLogger(__name__)
 FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
 
 
-def connect(tracking_uri: str, experiment: str) -> tuple[Store, str]:
-    """The store and experiment a command logs to, after closing the runs whose process died."""
+def connect(tracking_uri: str, experiment: str, *, stale_after: Optional[float] = None) -> tuple[Store, str]:
+    """The store and experiment a command logs to, after closing the runs whose process died.
+
+    `stale_after` (seconds, tracking.stale_after) also closes runs of any host whose heartbeat is older.
+    """
     store = Store.open(tracking_uri)
     experiment_id = store.experiment_id(experiment, create=True)
-    close_stale_runs(store, experiment_id)
+    close_stale_runs(store, experiment_id, stale_after=stale_after)
     return store, experiment_id
 
 
@@ -50,8 +54,11 @@ def log_job(store: Store, *, experiment_id: str, run_name: str, payload: Payload
 
 
 def start_parent(store: Store, *, experiment_id: str, run_name: str, kind: str, tags: dict[str, str]) -> str:
-    """A sweep's parent or a summary run: it spans several calls, so `end` closes it."""
-    tags = {**tags, Tag.KIND: kind, Tag.PROCESS: provenance.process_id()}
+    """A sweep's parent or a summary run: it spans several calls, so `end` closes it.
+
+    Its first heartbeat is stamped now; a sweep keeps it fresh (`heartbeat.Heartbeat`) while its jobs run.
+    """
+    tags = {**tags, Tag.KIND: kind, Tag.PROCESS: provenance.process_id(), Tag.HEARTBEAT: heartbeat.stamp()}
     return store.create_run(experiment_id, run_name=run_name, tags=tags)
 
 
@@ -71,15 +78,29 @@ def outer_run(store: Store, run_id: str, *, experiment_id: str) -> str:
     return run_id
 
 
-def close_stale_runs(store: Store, experiment_id: str) -> list[str]:
-    """Mark KILLED the RUNNING runs whose process on this host is gone (killed, crashed, rebooted)."""
+def close_stale_runs(store: Store, experiment_id: str, *, stale_after: Optional[float] = None) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process is gone (killed, crashed, rebooted, its host lost).
+
+    On this host the process itself is checked, and one still alive keeps its run. A run of any other host
+    is closed when its heartbeat is older than `stale_after` seconds (its end time is then its last beat).
+    A run without either mark (not tlsweep's, or from before heartbeats) is left alone.
+    """
     closed = []
     for run in store.search([experiment_id], "attributes.status = 'RUNNING'"):
-        process = run.tags.get(Tag.PROCESS)
-        if process and not provenance.process_alive(process):
+        process, beat = run.tags.get(Tag.PROCESS), run.tags.get(Tag.HEARTBEAT)
+        age = heartbeat.age_seconds(beat) if beat else None
+        if process and provenance.process_on_this_host(process):
+            if provenance.process_alive(process):
+                continue
             store.end(run.run_id, KILLED)
             store.set_tag(run.run_id, Tag.ERROR, f"process {process} ended without closing the run")
-            closed.append(run.run_id)
+        elif stale_after is not None and age is not None and age > stale_after:
+            store.end(run.run_id, KILLED, end_time=heartbeat.beat_time(beat))
+            store.set_tag(run.run_id, Tag.ERROR, f"no heartbeat for {age:.0f}s, more than tracking.stale_after="
+                                                 f"{stale_after:g}s: process {process or '?'} presumed dead")
+        else:
+            continue
+        closed.append(run.run_id)
     if closed:
         log.warning("marked %d stale RUNNING run(s) KILLED: %s", len(closed), ", ".join(closed))
     return closed
@@ -98,6 +119,16 @@ def finished_job(store: Store, experiment_id: str, config_hash: str) -> Optional
 def mark_resumed(store: Store, parent_run_id: str, *, config_hash: str, run_id: str) -> None:
     """Name, on the sweep's parent, the finished run it reuses for a configuration instead of running it."""
     store.set_tag(parent_run_id, f"{Tag.RESUMED_PREFIX}{config_hash}", run_id)
+
+
+def mark_failed(store: Store, parent_run_id: str, *, config_hash: str, line: str) -> None:
+    """Name, on the sweep's parent, a job whose config failed its checks: it opened no run of its own."""
+    store.set_tag(parent_run_id, f"{Tag.FAILED_PREFIX}{config_hash}", line[:5000])
+
+
+def failed_checks(store: Store, parent_run_id: str) -> list[str]:
+    """The lines `mark_failed` left on a sweep's parent."""
+    return [value for key, value in sorted(store.get(parent_run_id).tags.items()) if key.startswith(Tag.FAILED_PREFIX)]
 
 
 def sweep_jobs(store: Store, experiment_ids: Sequence[str], parent_run_id: str) -> list[StoredRun]:

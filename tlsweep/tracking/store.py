@@ -12,12 +12,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
 from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.environment_variables import MLFLOW_TRACKING_USERNAME
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -44,7 +46,8 @@ class Store:
         try:
             with _sqlite_lock(uri):  # the first process creates the schema; the others wait instead of racing it
                 store = cls(uri)
-                store.client.search_experiments(max_results=1)
+                with store._refusals():  # a server with authentication answers this one 401 without credentials
+                    store.client.search_experiments(max_results=1)
         except (MlflowException, OSError) as err:  # OSError: the SQLite file's folder cannot be made
             raise ConfigError(f"tracking.uri={uri!r} cannot be used: {_reason(err)}") from None
         return store
@@ -55,7 +58,8 @@ class Store:
         if found is not None or not create:
             return found.experiment_id if found else None
         try:
-            return self.client.create_experiment(name)
+            with self._refusals(experiment=name):
+                return self.client.create_experiment(name)
         except MlflowException:  # another machine created it a moment before (a server has no lock)
             found = self.client.get_experiment_by_name(name)
             if found is None:
@@ -72,6 +76,9 @@ class Store:
         found = self.client.search_runs(list(experiment_ids), filter_string=filter_string, max_results=SEARCH_LIMIT)
         return [_stored(run) for run in found]
 
+    def get(self, run_id: str) -> StoredRun:
+        return _stored(self.client.get_run(run_id))
+
     def find(self, experiment_ids: Sequence[str], filter_string: str) -> list[StoredRun]:
         """`search` for a filter a user typed: a malformed one is a ConfigError that quotes it."""
         try:
@@ -81,7 +88,9 @@ class Store:
 
     def create_run(self, experiment_id: str, *, run_name: str, tags: dict[str, str],
                    start_time: Optional[int] = None) -> str:
-        return self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name).info.run_id
+        with self._refusals(experiment_id=experiment_id):
+            run = self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
+        return run.info.run_id
 
     def write(self, run_id: str, payload: Payload, *, under: Optional[str] = None) -> None:
         """Store params, metrics and tags in one batch, and the files as artifacts (below `under`)."""
@@ -90,23 +99,56 @@ class Store:
         metrics += [Metric(key, float(value), now, step) for key, values in payload.series.items()
                     for step, value in enumerate(values)]
         if payload.params or metrics or payload.tags:
-            self.client.log_batch(
-                run_id,
-                metrics=metrics,
-                params=[Param(key, str(value)) for key, value in payload.params.items()],
-                tags=[RunTag(key, str(value)) for key, value in payload.tags.items()],
-            )
+            with self._refusals(run_id=run_id):
+                self.client.log_batch(
+                    run_id,
+                    metrics=metrics,
+                    params=[Param(key, str(value)) for key, value in payload.params.items()],
+                    tags=[RunTag(key, str(value)) for key, value in payload.tags.items()],
+                )
         if payload.files:
             with tempfile.TemporaryDirectory(prefix="tlsweep-artifacts-") as folder:
                 write_files(Path(folder), payload.files)
                 self.client.log_artifacts(run_id, folder, under)
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
-        self.client.set_tag(run_id, key, value)
+        with self._refusals(run_id=run_id):
+            self.client.set_tag(run_id, key, value)
 
-    def end(self, run_id: str, status: str) -> None:
-        """Close a run: FINISHED, FAILED or KILLED."""
-        self.client.set_terminated(run_id, status)
+    def end(self, run_id: str, status: str, *, end_time: Optional[datetime] = None) -> None:
+        """Close a run: FINISHED, FAILED or KILLED; `end_time` when it ended before now."""
+        with self._refusals(run_id=run_id):
+            self.client.set_terminated(run_id, status, None if end_time is None else int(end_time.timestamp() * 1000))
+
+    @contextmanager
+    def _refusals(self, *, experiment: Optional[str] = None, experiment_id: Optional[str] = None,
+                  run_id: Optional[str] = None):
+        """A server that refuses the credentials (401) or a write (403) becomes one line saying what to do."""
+        try:
+            yield
+        except MlflowException as err:
+            status = err.get_http_status_code()
+            if status == 401:
+                user = MLFLOW_TRACKING_USERNAME.get()
+                who = f"the credentials of user {user!r}" if user else "a request without credentials"
+                raise ConfigError(
+                    f"tracking server {self.uri} refused {who} (401 Unauthorized); set MLFLOW_TRACKING_USERNAME "
+                    "and MLFLOW_TRACKING_PASSWORD to a user of that server and its password"
+                ) from None
+            if status == 403:
+                where = experiment or self._experiment_name_or_id(experiment_id, run_id)
+                raise ConfigError(
+                    f"tracking server {self.uri} refused user {MLFLOW_TRACKING_USERNAME.get()!r} permission to "
+                    f"write to experiment {where!r} (403 Permission denied); ask its admin for EDIT permission on "
+                    "it, or set tracking.experiment to an experiment you may write to"
+                ) from None
+            raise
+
+    def _experiment_name_or_id(self, experiment_id: Optional[str], run_id: Optional[str]) -> Optional[str]:
+        try:
+            return self.experiment_name(experiment_id or self.experiment_of(run_id))
+        except MlflowException:
+            return experiment_id
 
 
 def _stored(run) -> StoredRun:

@@ -1,0 +1,304 @@
+"""A user's own images: DIR/<class>/..., or DIR/train/<class>/... and DIR/test/<class>/..., read with Pillow.
+
+Class names are the class folder names, sorted. Files whose extension is not an image's, hidden files and
+folders (`.DS_Store`, `._x.jpg`, `.git/`) and `__MACOSX/` are ignored; images may sit in nested folders
+inside a class folder. Each image's id is its path relative to DIR (posix). Without train/ and test/, a
+stratified test split is drawn with a fixed seed, so the test images never change with the run's `seed`.
+
+Every image is decoded once, converted to RGB (grayscale, palette, RGBA, CMYK, 16-bit) and, when a size is
+given, resized to a square. A file that does not decode stops the read with one line naming it, unless
+skipping is asked for. The fingerprint covers each split's ids, labels and file bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from tlsweep import console
+from tlsweep.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# torchvision's ImageFolder extensions, plus GIF
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "test")
+IGNORED_FOLDERS = ("__MACOSX",)  # resource forks that macOS zips carry next to the real folders
+TEST_SPLIT_SEED = 0
+
+
+class SkippedImage(NamedTuple):
+    """A file with an image extension that did not decode, left out under `data.skip_bad_images=true`."""
+
+    id: str  # path relative to data.path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The class folders of DIR and the image files in each, before anything is decoded."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    files: dict  # "train" (and "test" with a test/ folder) -> one tuple of ids per class
+
+    @property
+    def has_test_folder(self) -> bool:
+        return "test" in self.files
+
+
+@dataclass(frozen=True)
+class Part:
+    """The decoded images of one split, with their labels and ids in the same order."""
+
+    images: np.ndarray  # uint8, (n, size, size, 3)
+    labels: np.ndarray  # int64, (n,)
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FolderImages:
+    class_names: tuple[str, ...]
+    train: Part
+    test: Part
+    fingerprint: str
+    skipped: tuple[SkippedImage, ...]
+
+
+def _visible(entry: Path) -> bool:
+    return not entry.name.startswith(".") and entry.name not in IGNORED_FOLDERS
+
+
+def _is_image(path: Path) -> bool:
+    return _visible(path) and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted((entry for entry in folder.iterdir() if entry.is_dir() and _visible(entry)), key=lambda p: p.name)
+
+
+def _where(root: Path) -> str:
+    return f"data.path={str(root)!r}"
+
+
+def class_folder_names(path: Optional[str]) -> tuple[str, ...]:
+    """The class names a folder would have (sorted subfolders, of train/ when split), or () when unreadable."""
+    try:
+        root = Path(path).expanduser()
+        folders = _subfolders(root)
+        names = [folder.name for folder in folders]
+        if "train" in names and "test" in names:
+            folders = _subfolders(root / "train")
+        return tuple(folder.name for folder in folders)
+    except (OSError, TypeError):
+        return ()
+
+
+def scan(path: str) -> Layout:
+    """The layout of `path`, or one line saying what is wrong with it (missing, empty class, one class, ...)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        state = "which is not a folder" if root.exists() else "which does not exist"
+        raise DataError(f"data.path should be a folder with one subfolder per class; received {_where(root)}, {state}")
+    root = root.resolve()
+    top = _subfolders(root)
+    names = [folder.name for folder in top]
+    if "train" in names and "test" in names:
+        extra = [name for name in names if name not in SPLITS]
+        if extra:
+            raise DataError(f"{_where(root)} holds train/ and test/ and also {extra}; expected only train/ and "
+                            "test/ (each with one subfolder per class), or one subfolder per class")
+        per_split = {split: {folder.name: folder for folder in _subfolders(root / split)} for split in SPLITS}
+        train, test = set(per_split["train"]), set(per_split["test"])
+        if train != test:
+            missing = "; ".join(f"{split}/ lacks {sorted(other - own)}" for split, own, other in
+                                (("test", test, train), ("train", train, test)) if other - own)
+            raise DataError(f"{_where(root)}: train/ and test/ should hold the same class folders; {missing}")
+        class_names = tuple(sorted(train))
+        folders = {split: [per_split[split][name] for name in class_names] for split in SPLITS}
+    else:
+        class_names = tuple(names)
+        folders = {"train": top}
+    if len(class_names) < 2:
+        hint = " (a split layout needs both train/ and test/)" if set(class_names) & set(SPLITS) else ""
+        found = f"one class folder, {class_names[0]!r}" if class_names else "no class folder"
+        raise DataError(f"{_where(root)} holds {found}{hint}; expected one subfolder per class, at least two")
+    files = {}
+    for split, class_folders in folders.items():
+        files[split] = tuple(_images_in(root, folder) for folder in class_folders)
+        for folder, ids in zip(class_folders, files[split]):
+            if not ids:
+                raise DataError(f"{_where(root)}: class folder {folder.relative_to(root).as_posix()!r} holds no "
+                                f"images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
+    return Layout(root, class_names, files)
+
+
+def _images_in(root: Path, folder: Path) -> tuple[str, ...]:
+    found = []
+    for current, dirs, names in os.walk(folder):
+        dirs[:] = [name for name in dirs if _visible(Path(name))]
+        found += [(Path(current) / name).relative_to(root).as_posix() for name in names if _is_image(Path(name))]
+    return tuple(sorted(found))
+
+
+def check_test_fraction(layout: Layout, test_fraction: float) -> None:
+    """Every class must give at least one image to test and keep one for train, or one line says so."""
+    if not layout.has_test_folder:
+        _check_split_counts(layout.root, layout.class_names, [len(ids) for ids in layout.files["train"]],
+                            test_fraction)
+
+
+def _check_split_counts(root: Path, class_names: Sequence[str], counts: Sequence[int], fraction: float) -> None:
+    smallest = int(np.argmin(counts))
+    n = counts[smallest]
+    # the same bounds as data.split_train_val: the 1e-9 keeps 0.1 and 0.9 allowed for ten images
+    if np.floor(n * fraction + 1e-9) < 1 or n - np.ceil(n * fraction - 1e-9) < 1:
+        bounds = f"[{1 / n:.3g}, {1 - 1 / n:.3g}]" if n >= 2 else "nowhere (two images are the least)"
+        raise ConfigError(
+            f"data.test_fraction should lie in {bounds} for {_where(root)}: class {class_names[smallest]!r} has {n} "
+            f"image(s), and a value outside leaves it with no test or no train image (or add a test/ folder "
+            f"next to train/); received data.test_fraction={fraction}"
+        )
+
+
+def common_size(layout: Layout) -> int:
+    """The one square size every image has, read from the headers; else a line asking for data.image_size."""
+    from PIL import Image
+
+    first = None
+    for ids in (ids for split in layout.files.values() for ids in split):
+        for image_id in ids:
+            try:
+                with Image.open(layout.root / image_id) as image:
+                    size = image.size
+            except Exception:  # noqa: BLE001 - an unreadable file is reported when the images are decoded
+                continue
+            first = first or (image_id, size)
+            _check_same_size(layout.root, first, (image_id, size))
+    if first is None:
+        raise DataError(f"{_where(layout.root)}: none of its images can be read")
+    return first[1][0]
+
+
+def _check_same_size(root: Path, first: tuple, current: tuple) -> None:
+    (first_id, (width, height)), (image_id, size) = first, current
+    if size != (width, height):
+        raise ConfigError(
+            f"data.image_size is required for {_where(root)}: its images differ in size ({first_id!r} is "
+            f"{width}x{height}, {image_id!r} is {size[0]}x{size[1]}); set data.image_size=SIZE to resize each "
+            "to SIZE x SIZE"
+        )
+    if width != height:
+        raise ConfigError(
+            f"data.image_size is required for {_where(root)}: its images are {width}x{height}, not square; "
+            "set data.image_size=SIZE to resize each to SIZE x SIZE"
+        )
+
+
+def decode(raw: bytes, size: Optional[int]) -> np.ndarray:
+    """One image file's bytes as uint8 RGB (height, width, 3), resized to size x size when a size is given."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(raw)) as opened:
+        image = ImageOps.exif_transpose(opened)  # phones store the rotation in EXIF; this also decodes
+    if image.mode.startswith("I;16"):  # 16-bit grayscale: Pillow's convert would clip it to 255
+        image = Image.fromarray((np.asarray(image, dtype=np.float32) / 257.0).round().astype(np.uint8))
+    elif image.mode == "P" and "transparency" in image.info:  # Pillow asks for RGBA first
+        image = image.convert("RGBA")
+    image = image.convert("RGB")  # grayscale, palette, RGBA (alpha dropped), CMYK
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _load(path: Path, size: Optional[int]) -> tuple[Optional[np.ndarray], str, str]:
+    """(image or None, sha256 of the bytes, why it failed)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        return None, "", f"{type(err).__name__}: {err.strerror or err}"
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        return decode(raw, size), digest, ""
+    except Exception as err:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+        return None, digest, f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+
+
+def read(path: str, *, image_size: Optional[int], test_fraction: float, skip_bad_images: bool) -> FolderImages:
+    """Decode every image of `path` into train and test parts; one line for a bad file or a bad layout."""
+    layout = scan(path)
+    check_test_fraction(layout, test_fraction)
+    entries = [(split, label, image_id) for split, per_class in layout.files.items()
+               for label, ids in enumerate(per_class) for image_id in ids]
+    images, digests, kept, skipped = _decode_all(layout.root, entries, image_size, skip_bad_images)
+    entries = [entry for entry, keep in zip(entries, kept) if keep]
+    digests = [digest for digest, keep in zip(digests, kept) if keep]
+    labels = np.array([label for _, label, _ in entries], dtype=np.int64)
+    for split in layout.files:
+        counts = np.bincount(labels[[s == split for s, _, _ in entries]], minlength=len(layout.class_names))
+        empty = [layout.class_names[c] for c in np.flatnonzero(counts == 0)]
+        if empty:
+            where = f"{split}/ " if layout.has_test_folder else ""
+            raise DataError(f"{_where(layout.root)}: {where}class folder(s) {empty} hold no readable image once "
+                            f"{len(skipped)} unreadable file(s) are skipped")
+    if layout.has_test_folder:
+        is_test = np.array([split == "test" for split, _, _ in entries])
+    else:
+        _check_split_counts(layout.root, layout.class_names, np.bincount(labels).tolist(), test_fraction)
+        _, test_rows = train_test_split(np.arange(len(labels)), test_size=test_fraction, stratify=labels,
+                                        random_state=TEST_SPLIT_SEED)
+        is_test = np.zeros(len(labels), dtype=bool)
+        is_test[test_rows] = True
+    parts = {}
+    digest = hashlib.sha256("folder\0".encode() + "\0".join(layout.class_names).encode())
+    for split, rows in (("train", np.flatnonzero(~is_test)), ("test", np.flatnonzero(is_test))):
+        ids = tuple(entries[row][2] for row in rows)
+        parts[split] = Part(images[rows], labels[rows], ids)
+        for row in rows:
+            digest.update(f"\n{split}\0{entries[row][2]}\0{labels[row]}\0{digests[row]}".encode())
+    return FolderImages(layout.class_names, parts["train"], parts["test"], digest.hexdigest()[:16], tuple(skipped))
+
+
+def _decode_all(root: Path, entries: list, size: Optional[int], skip_bad_images: bool):
+    """Decode every entry with a few threads (Pillow releases the GIL while decoding); stop at the first bad file."""
+    n = len(entries)
+    images: Optional[np.ndarray] = None
+    digests, kept, skipped = [""] * n, [False] * n, []
+    first = None
+    progress = console.Progress(n, description="images", log=log)
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        loaded = pool.map(lambda entry: _load(root / entry[2], size), entries)
+        for k, ((_, _, image_id), (image, digest, reason)) in enumerate(zip(entries, loaded)):
+            progress.update(1)
+            if image is None:
+                if not skip_bad_images:
+                    raise DataError(f"{_where(root)}: {image_id!r} is not a readable image ({reason}); remove it, "
+                                    "or set data.skip_bad_images=true to skip such files")
+                skipped.append(SkippedImage(image_id, reason))
+                continue
+            if size is None:
+                current = (image_id, (image.shape[1], image.shape[0]))
+                first = first or current
+                _check_same_size(root, first, current)
+            if images is None:
+                images = np.empty((n, *image.shape), dtype=np.uint8)
+            images[k], digests[k], kept[k] = image, digest, True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        progress.close()
+    if skipped:
+        log.warning("skipped %d unreadable image(s) under data.path=%s (data.skip_bad_images=true), e.g. %s",
+                    len(skipped), root, skipped[0].id)
+    if images is None:
+        raise DataError(f"{_where(root)}: none of its {n} images can be read")
+    return (images if all(kept) else images[np.array(kept)]), digests, kept, skipped
