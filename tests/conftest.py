@@ -167,3 +167,56 @@ def compose():
             return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra)
 
     return composed
+
+
+# A folder of one's own images, as data=folder reads it
+FOLDER_COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "eel": (40, 40, 200)}
+
+
+def save_image(rgb: np.ndarray, path: Path, mode: str = "RGB") -> Path:
+    """Save uint8 RGB pixels as `mode` (RGB, L, P, RGBA or I;16 for 16-bit grayscale) in the format of the suffix."""
+    from PIL import Image
+
+    image = Image.fromarray(rgb)
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257)
+    elif mode == "P":
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    elif mode == "RGBA":
+        image = image.convert("RGBA")
+        image.putalpha(128)
+    elif mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def _write_image_folder(root: Path, *, classes=tuple(FOLDER_COLOURS), per_class: int = 6,
+                        kinds=(("png", "RGB"),), sizes=((32, 32),), seed: int = 0) -> Path:
+    """Write root/<class>/<i>.<ext> images: class c's pixels are FOLDER_COLOURS[c] plus noise; image i is saved as
+    kinds[i % len(kinds)] (extension, mode) at sizes[i % len(sizes)] (width, height). Returns root."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        for i in range(per_class):
+            (ext, mode), (width, height) = kinds[i % len(kinds)], sizes[i % len(sizes)]
+            noise = rng.integers(-20, 21, size=(height, width, 3))
+            rgb = np.clip(np.array(FOLDER_COLOURS[name]) + noise, 0, 255).astype(np.uint8)
+            save_image(rgb, root / name / f"{i:02d}.{ext}", mode)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder_writer():
+    """`image_folder_writer(root, classes=("cat", "dog", "eel"), per_class=6, kinds=(("png", "RGB"),),
+    sizes=((32, 32),), seed=0)`: writes root/<class>/NN.<ext> images with one mean colour per class (see
+    FOLDER_COLOURS in conftest) and returns root; each image's (extension, mode) and (width, height) cycle
+    through kinds and sizes."""
+    return _write_image_folder
+
+
+@pytest.fixture(scope="session")
+def image_saver():
+    """`image_saver(rgb, path, mode="RGB")`: saves uint8 RGB pixels as mode (RGB, L, P, RGBA, I;16) in the format
+    the suffix names; returns the path."""
+    return save_image

@@ -145,9 +145,10 @@ def test_ui_shows_the_sweep_its_nested_children_and_the_comparison_plot(isolated
             f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactComponentState',
             json.dumps({"selectedColumns": COLUMNS}))
 
-        # The experiment page. MLflow 3.17 opens in its GenAI view; "Model training" lists the runs.
+        # The experiment runs page with no workflowType parameter: tlsweep tags its experiment as model
+        # training (mlflow.experimentKind), and the page lists the training runs.
         _viewport(chrome, 1440, 430)
-        chrome.get(f"{url}/#/experiments/{experiment}/runs?workflowType=machine_learning")
+        chrome.get(f"{url}/#/experiments/{experiment}/runs")
         link = wait.until(EC.visibility_of_element_located(
             (By.XPATH, f"//div[@role='row']//a[normalize-space(.)='{PARENT_NAME}']")))
         assert link.get_attribute("href").endswith(f"#/experiments/{experiment}/runs/{run_id}")

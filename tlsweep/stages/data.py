@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "digits": DIGITS_CLASSES}
-DATASETS = (*CLASS_NAMES, "folder")  # a folder's class names are its subfolders: see `class_names`
+DATASETS = (*CLASS_NAMES, "folder")  # a folder's class names are its sorted subfolders (stages.folder)
 NATIVE_SIZES = {"cifar10": 32, "digits": 8}  # the input size when data.image_size is null; a folder's: its images'
 
 

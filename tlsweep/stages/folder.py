@@ -3,7 +3,8 @@
 Class names are the class folder names, sorted. Files whose extension is not an image's, hidden files and
 folders (`.DS_Store`, `._x.jpg`, `.git/`) and `__MACOSX/` are ignored; images may sit in nested folders
 inside a class folder. Each image's id is its path relative to DIR (posix). Without train/ and test/, a
-stratified test split is drawn with a fixed seed, so the test images never change with the run's `seed`.
+stratified test split of the file list is drawn with a fixed seed, so the test images never change with the
+run's `seed` (a skipped file leaves its split).
 
 Every image is decoded once, converted to RGB (grayscale, palette, RGBA, CMYK, 16-bit) and, when a size is
 given, resized to a square. A file that does not decode stops the read with one line naming it, unless
@@ -16,6 +17,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +188,7 @@ def common_size(layout: Layout) -> int:
             _check_same_size(layout.root, first, (image_id, size))
     if first is None:
         raise DataError(f"{_where(layout.root)}: none of its images can be read")
-    return first[1][0]
+    return _square_size(layout.root, first[1])
 
 
 def _check_same_size(root: Path, first: tuple, current: tuple) -> None:
@@ -197,11 +199,16 @@ def _check_same_size(root: Path, first: tuple, current: tuple) -> None:
             f"{width}x{height}, {image_id!r} is {size[0]}x{size[1]}); set data.image_size=SIZE to resize each "
             "to SIZE x SIZE"
         )
-    if width != height:
+
+
+def _square_size(root: Path, size: tuple) -> int:
+    """The side of the images' one size (width, height), once all are known to share it."""
+    if size[0] != size[1]:
         raise ConfigError(
-            f"data.image_size is required for {_where(root)}: its images are {width}x{height}, not square; "
+            f"data.image_size is required for {_where(root)}: its images are {size[0]}x{size[1]}, not square; "
             "set data.image_size=SIZE to resize each to SIZE x SIZE"
         )
+    return size[0]
 
 
 def decode(raw: bytes, size: Optional[int]) -> np.ndarray:
@@ -230,49 +237,60 @@ def _load(path: Path, size: Optional[int]) -> tuple[Optional[np.ndarray], str, s
     try:
         return decode(raw, size), digest, ""
     except Exception as err:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
-        return None, digest, f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+        text = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err).splitlines()[0] if str(err) else "")
+        return None, digest, f"{type(err).__name__}: {text[:160]}".rstrip(": ")
 
 
 def read(path: str, *, image_size: Optional[int], test_fraction: float, skip_bad_images: bool) -> FolderImages:
     """Decode every image of `path` into train and test parts; one line for a bad file or a bad layout."""
     layout = scan(path)
     check_test_fraction(layout, test_fraction)
-    entries = [(split, label, image_id) for split, per_class in layout.files.items()
-               for label, ids in enumerate(per_class) for image_id in ids]
-    images, digests, kept, skipped = _decode_all(layout.root, entries, image_size, skip_bad_images)
-    entries = [entry for entry, keep in zip(entries, kept) if keep]
-    digests = [digest for digest, keep in zip(digests, kept) if keep]
+    splits = _split(layout, test_fraction)
+    # train first, then test, so each part is a view of the one decoded array, never a copy of it
+    entries = [(split, label, image_id) for split in SPLITS for label, ids in enumerate(splits[split])
+               for image_id in ids]
+    images, digests, skipped = _decode_all(layout.root, entries, image_size, skip_bad_images)
+    if skipped:
+        gone = {item.id for item in skipped}
+        entries = [entry for entry in entries if entry[2] not in gone]
     labels = np.array([label for _, label, _ in entries], dtype=np.int64)
-    for split in layout.files:
-        counts = np.bincount(labels[[s == split for s, _, _ in entries]], minlength=len(layout.class_names))
-        empty = [layout.class_names[c] for c in np.flatnonzero(counts == 0)]
+    is_test = np.array([split == "test" for split, _, _ in entries])
+    for split, rows in (("train", ~is_test), ("test", is_test)):
+        empty = [layout.class_names[c] for c in
+                 np.flatnonzero(np.bincount(labels[rows], minlength=len(layout.class_names)) == 0)]
         if empty:
-            where = f"{split}/ " if layout.has_test_folder else ""
-            raise DataError(f"{_where(layout.root)}: {where}class folder(s) {empty} hold no readable image once "
+            raise DataError(f"{_where(layout.root)}: class(es) {empty} have no readable {split} image once "
                             f"{len(skipped)} unreadable file(s) are skipped")
-    if layout.has_test_folder:
-        is_test = np.array([split == "test" for split, _, _ in entries])
-    else:
-        _check_split_counts(layout.root, layout.class_names, np.bincount(labels).tolist(), test_fraction)
-        _, test_rows = train_test_split(np.arange(len(labels)), test_size=test_fraction, stratify=labels,
-                                        random_state=TEST_SPLIT_SEED)
-        is_test = np.zeros(len(labels), dtype=bool)
-        is_test[test_rows] = True
-    parts = {}
+    n_train = int((~is_test).sum())
     digest = hashlib.sha256("folder\0".encode() + "\0".join(layout.class_names).encode())
-    for split, rows in (("train", np.flatnonzero(~is_test)), ("test", np.flatnonzero(is_test))):
-        ids = tuple(entries[row][2] for row in rows)
-        parts[split] = Part(images[rows], labels[rows], ids)
-        for row in rows:
-            digest.update(f"\n{split}\0{entries[row][2]}\0{labels[row]}\0{digests[row]}".encode())
-    return FolderImages(layout.class_names, parts["train"], parts["test"], digest.hexdigest()[:16], tuple(skipped))
+    for (split, label, image_id), file_digest in zip(entries, digests):
+        digest.update(f"\n{split}\0{image_id}\0{label}\0{file_digest}".encode())
+    ids = [image_id for _, _, image_id in entries]
+    return FolderImages(layout.class_names, Part(images[:n_train], labels[:n_train], tuple(ids[:n_train])),
+                        Part(images[n_train:], labels[n_train:], tuple(ids[n_train:])), digest.hexdigest()[:16],
+                        tuple(skipped))
+
+
+def _split(layout: Layout, test_fraction: float) -> dict:
+    """split -> one tuple of ids per class: the folders', or a stratified draw with a fixed seed."""
+    if layout.has_test_folder:
+        return layout.files
+    labels = np.concatenate([np.full(len(ids), label) for label, ids in enumerate(layout.files["train"])])
+    ids = np.array([image_id for ids in layout.files["train"] for image_id in ids], dtype=object)
+    train, test = train_test_split(np.arange(len(ids)), test_size=test_fraction, stratify=labels,
+                                   random_state=TEST_SPLIT_SEED)
+    return {split: tuple(tuple(ids[np.sort(rows[labels[rows] == label])]) for label in range(len(layout.class_names)))
+            for split, rows in (("train", train), ("test", test))}
 
 
 def _decode_all(root: Path, entries: list, size: Optional[int], skip_bad_images: bool):
-    """Decode every entry with a few threads (Pillow releases the GIL while decoding); stop at the first bad file."""
+    """Decode every entry with a few threads (Pillow releases the GIL while decoding); stop at the first bad file.
+
+    Returns the images and file digests of the entries that decoded, in order, and the skipped ones.
+    """
     n = len(entries)
     images: Optional[np.ndarray] = None
-    digests, kept, skipped = [""] * n, [False] * n, []
+    digests, kept, skipped = [], [], []
     first = None
     progress = console.Progress(n, description="images", log=log)
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
@@ -292,13 +310,18 @@ def _decode_all(root: Path, entries: list, size: Optional[int], skip_bad_images:
                 _check_same_size(root, first, current)
             if images is None:
                 images = np.empty((n, *image.shape), dtype=np.uint8)
-            images[k], digests[k], kept[k] = image, digest, True
+            images[k] = image
+            digests.append(digest)
+            kept.append(k)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         progress.close()
+    if images is None:
+        raise DataError(f"{_where(root)}: none of its {n} images can be read")
+    if size is None:
+        _square_size(root, first[1])
     if skipped:
         log.warning("skipped %d unreadable image(s) under data.path=%s (data.skip_bad_images=true), e.g. %s",
                     len(skipped), root, skipped[0].id)
-    if images is None:
-        raise DataError(f"{_where(root)}: none of its {n} images can be read")
-    return (images if all(kept) else images[np.array(kept)]), digests, kept, skipped
+        images = images[kept]
+    return images, digests, skipped

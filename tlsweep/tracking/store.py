@@ -29,6 +29,7 @@ from tlsweep.tracking.record import Payload, StoredRun, write_files
 log = logging.getLogger(__name__)
 
 SEARCH_LIMIT = 50000
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class Store:
@@ -58,8 +59,8 @@ class Store:
         if found is not None or not create:
             return found.experiment_id if found else None
         try:
-            with self._refusals(experiment=name):
-                return self.client.create_experiment(name)
+            with self._refusals(experiment=name):  # MLflow's UI opens this kind on its training runs, not GenAI
+                return self.client.create_experiment(name, tags={EXPERIMENT_KIND: TRAINING_KIND})
         except MlflowException:  # another machine created it a moment before (a server has no lock)
             found = self.client.get_experiment_by_name(name)
             if found is None:
