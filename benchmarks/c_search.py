@@ -80,7 +80,9 @@ def main() -> None:
         sweep = tlsweep(["-m", *common, f"classifier.C={grid}"], workdir=work, data_path=data, name="c_grid_jobs",
                         out=out)
         jobs = job_runs(work)[: len(_default_C_grid())]
-        best = max(jobs, key=lambda run: run.data.metrics.get("val_accuracy", -1.0))
+        # as C=auto chooses: the best val accuracy, ties to the smaller C
+        best = max(jobs, key=lambda run: (run.data.metrics.get("val_accuracy", -1.0),
+                                          -float(run.data.params["classifier.C"])))
         results["grid_jobs"] = {"jobs": len(jobs), "fit_s": sum(r.data.metrics["fit_seconds"] for r in jobs),
                                 "wall_s": sweep["wall_s"], "best_val_C": float(best.data.params["classifier.C"]),
                                 "best_val_accuracy": best.data.metrics["val_accuracy"]}

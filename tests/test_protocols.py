@@ -170,6 +170,12 @@ def test_a_seed_sweep_names_the_best_layer_on_its_parent(isolated, cifar_dir, cl
     assert parent.info.run_name == "vgg16 layer=block4_pool,block5_pool seed=0,1"
     assert {"best_val_accuracy", "val_accuracy/block4_pool", "test_accuracy/block5_pool"} <= set(parent.data.metrics)
     assert "python -m tlsweep -m layer=block4_pool,block5_pool seed=0,1" in parent.data.tags["mlflow.note.content"]
+    assert "job 1/4: layer=block4_pool seed=0" in output and "job 4/4: layer=block5_pool seed=1" in output
+    summary_files = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert any(path.startswith("summary/class_recall_vs_layer-") for path in summary_files)
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary/comparison.csv", str(isolated)),
+                        dtype=str)
+    assert all(value.isdigit() for value in table["layer_index"]) and set(table["converged"]) <= {"0", "1"}
     by_layer = pd.DataFrame([{"layer": r.data.params["layer"], "val": r.data.metrics["val_accuracy"]}
                              for r in children.values()]).groupby("layer")["val"].mean()
     assert parent.data.tags["best.layer"] == by_layer.idxmax()

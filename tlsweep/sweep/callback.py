@@ -54,16 +54,21 @@ def swept_values(overrides: list[str], key: str) -> list[str]:
 def sweep_size(overrides: list[str]) -> int:
     """How many jobs the basic sweeper makes of `overrides`: the product of each swept key's value count."""
     counts = {}
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.is_sweep_override():
-            counts[override.get_key_element()] = len(list(override.sweep_string_iterator()))
+    for override in OverridesParser.create().parse_overrides(overrides):  # a later override of a key wins
+        swept = override.is_sweep_override()
+        counts[override.get_key_element()] = len(list(override.sweep_string_iterator())) if swept else 1
     return math.prod(counts.values())
 
 
 def sweep_name(model: str, overrides: list[str]) -> str:
     """A parent run named after what the sweep varies: `vgg16 layer=block3_pool,block4_pool,block5_pool`."""
-    varied = [f"{override.get_key_element()}={','.join(map(str, override.sweep_string_iterator()))}"
-              for override in OverridesParser.create().parse_overrides(overrides) if override.is_sweep_override()]
+    swept: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(overrides):  # a later override of a key wins
+        key = override.get_key_element()
+        swept.pop(key, None)
+        if override.is_sweep_override():
+            swept[key] = f"{key}={','.join(map(str, override.sweep_string_iterator()))}"
+    varied = list(swept.values())
     prefix = [] if any(item.startswith("model=") for item in varied) else [model]
     return " ".join(prefix + (varied or ["sweep"]))[:250]
 

@@ -1,0 +1,58 @@
+"""What a person sees in the terminal: no TensorFlow start-up noise, progress with a rate, each warning once,
+where a run was logged, and tlsweep's own --help."""
+
+from __future__ import annotations
+
+import re
+
+from tlsweep.console import NATIVE_NOISE
+
+
+def test_tensorflow_start_up_lines_are_recognised_and_nothing_else():
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1795900222.316356   14803 port.cc:153] oneDNN custom operations are on.",
+        "I0000 00:00:1795900222.321886   14803 cudart_stub.cc:31] Could not find cuda drivers on your machine.",
+        "E0000 00:00:1795900227.309702   14803 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
+    ]
+    kept = [
+        "E0000 00:00:1795900227.309702   14803 op_kernel.cc:1830] OP_REQUIRES failed: out of memory",
+        "/x/sklearn/svm/_base.py:1295: ConvergenceWarning: Liblinear failed to converge",
+        "[2026-11-28 21:10:52,058][tlsweep][INFO] - vgg16 block5_pool: train 0.943",
+    ]
+    assert all(NATIVE_NOISE.match(line) for line in noise)
+    assert not any(NATIVE_NOISE.match(line) for line in kept)
+
+
+def test_a_single_run_is_quiet_shows_progress_warns_once_and_says_where_it_logged(isolated, cifar_dir, cli, tiny):
+    result = cli(f"data.path={cifar_dir}", "layer=block3_pool", "classifier.max_iter=1", *tiny, cwd=isolated)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    for noise in ("cuInit", "cuda_platform", "oneDNN", "absl::InitializeLog"):
+        assert noise not in output, noise
+    # not a terminal here: a few plain progress lines with rate and time left, no carriage returns
+    progress = re.findall(r"features \(train\): \d+/60 images, \d+ img/s, \d+ s left", output)
+    assert 1 <= len(progress) <= 11 and "\r" not in output
+    assert output.count("ConvergenceWarning") == 1 and "recorded as converged=0" in output
+    (line,) = [line for line in output.splitlines() if "logged run " in line]
+    assert f"sqlite:///{isolated}/mlflow.db" in line and "mlflow ui --backend-store-uri" in line
+
+
+def test_help_is_tlsweeps_own_page(isolated, cli):
+    result = cli("--help", cwd=isolated)
+    assert result.returncode == 0
+    for text in ("Examples:", "python -m tlsweep -m layer=block3_pool,block4_pool,block5_pool",
+                 "python -m tlsweep -cd sweeps -cn demo", "protocols", "classifier.C", "features.pooling"):
+        assert text in result.stdout, text
+    assert "_schema" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_a_sweep_is_named_and_counted_as_hydras_basic_sweeper_expands_it():
+    from tlsweep.sweep.callback import sweep_name, sweep_size
+
+    preset_then_command_line = ["layer=block3_pool,block4_pool,block5_pool", "layer=block3_pool",
+                                "features.pooling=flatten,grid"]
+    assert sweep_size(preset_then_command_line) == 2  # the command line's layer wins over the preset's
+    assert sweep_name("vgg16", preset_then_command_line) == "vgg16 features.pooling=flatten,grid"
+    assert sweep_name("vgg16", ["model=vgg16,resnet50", "layer=conv1"]) == "model=vgg16,resnet50"
+    assert sweep_size(["model=vgg16,resnet50", "seed=0,1,2"]) == 6
