@@ -103,3 +103,15 @@ def test_tracking_uri_and_cache_dir_are_absolute(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert default_cache_dir(None) == tmp_path.resolve() / ".cache" / "tlsweep"
     assert default_cache_dir("rel/cache").is_absolute()
+
+
+def test_the_original_studys_config_keeps_the_hash_its_runs_were_logged_with(compose):
+    """Keys added later (pooling, normalisation, few-shot, folder data) are left out of the hash at the value
+    runs had before them, so `resume=true` still finds those runs. The value is what the release before
+    them computed for the default config."""
+    from tlsweep import provenance
+
+    cfg = compose()
+    assert provenance.config_hash(OmegaConf.to_container(cfg, resolve=True)) == "ba0a6b6860eab86e"
+    changed = compose(["features.pooling=grid"])
+    assert provenance.config_hash(OmegaConf.to_container(changed, resolve=True)) != "ba0a6b6860eab86e"

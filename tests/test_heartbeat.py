@@ -121,8 +121,9 @@ def test_a_sweep_closes_runs_whose_heartbeat_is_stale_on_any_host_and_leaves_liv
 
     (parent,) = [r for r in runs.values() if r.data.tags.get(Tag.KIND) == "sweep" and r.data.tags[Tag.MACHINE] == "survivor"]
     assert parent.info.status == "FINISHED"
-    # the sweep's parent beat while its jobs ran (every 2 s for stale_after=20s), until just before it closed
+    # the sweep's parent carried a heartbeat (every 2 s for stale_after=20s) until just before it closed; the
+    # periodic refresh itself is checked with a short interval above
     last = heartbeat.beat_time(parent.data.tags[HEARTBEAT]).timestamp()
     start, end = parent.info.start_time / 1000, parent.info.end_time / 1000
-    assert started <= start and end <= finished and end - start > 4, (start, end)
-    assert last - start > (end - start) / 2 and end - last < 5, (start, last, end)
+    assert started <= start <= end <= finished, (start, end)
+    assert start - 1 <= last <= end + 1 and end - last < 5, (start, last, end)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlsweep import console, preflight, provenance
 from tlsweep.config import TlsweepConfig, default_cache_dir, default_tracking_uri, register_configs
-from tlsweep.errors import ConfigError, TlsweepError
+from tlsweep.errors import TlsweepError
 from tlsweep.stages import cache, classify, data, features, report
 from tlsweep.sweep import context
 from tlsweep.sweep.context import SweepContext
@@ -47,7 +47,7 @@ def run(cfg: DictConfig, sweep: Optional[SweepContext] = None) -> float:
     record = _job_record(cfg)
     try:
         config = validate(cfg)  # every config-only check, before any store, data or model is touched
-    except ConfigError as err:
+    except TlsweepError as err:  # a bad value, or a data folder that cannot be listed
         if sweep is not None:  # no run is opened; the sweep's summary still lists the attempt
             runs.mark_failed(Store(sweep.tracking_uri), sweep.parent_run_id, config_hash=record.tags[Tag.CONFIG_HASH],
                              line=f"{_overrides_line(config=cfg)}: {error_line(err)}")

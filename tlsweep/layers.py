@@ -99,9 +99,12 @@ def layer_rows(config: TlsweepConfig, input_size: int, *, budget: int, n_rows: i
 
 def report(config: TlsweepConfig) -> str:
     """The table and the lines around it that say what it assumed."""
-    from tlsweep.stages import data
+    from tlsweep.stages import data, models
 
     input_size = data.input_size(name=config.data.name, path=config.data.path, image_size=config.data.image_size)
+    models.check_input_size(config.model.name, input_size, received=(
+        f"data.image_size={config.data.image_size}" if config.data.image_size is not None else
+        f"data.image_size=null, which keeps the {input_size}x{input_size} images of data={config.data.name}"))
     budget, n_rows = machine_memory(), training_rows(config)
     rows = layer_rows(config, input_size, budget=budget, n_rows=n_rows)
     grid = config.features.grid_size

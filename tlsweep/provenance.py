@@ -17,6 +17,12 @@ from tlsweep.config import PROJECT_ROOT
 
 # keys that change where results go or how fast they come, never what they are
 NON_SEMANTIC_KEYS = ("tracking", "cache_dir", "resume", "model.batch_size")
+# keys added after runs were first logged, at the value those runs had: left out of the hash at that value,
+# so a configuration keeps its hash (and `resume=true` finds its earlier runs) across the addition
+ADDED_KEYS = {
+    "features.pooling": "flatten", "features.grid_size": 2, "features.normalize": "none",
+    "data.train_per_class": None, "data.test_fraction": 0.2, "data.skip_bad_images": False,
+}
 PACKAGES = ("tensorflow", "keras", "scikit-learn", "mlflow", "numpy", "hydra-core", "jax", "torch")
 
 
@@ -25,6 +31,10 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     flat = dict(flatten(resolved))
     for key in list(flat):
         if any(key == skip or key.startswith(f"{skip}.") for skip in NON_SEMANTIC_KEYS):
+            del flat[key]
+        elif key in ADDED_KEYS and flat[key] == ADDED_KEYS[key]:
+            del flat[key]
+        elif key == "classifier.C_grid" and flat.get("classifier.C") != "auto":  # used only by C=auto
             del flat[key]
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -28,7 +28,6 @@ def validate(cfg: DictConfig) -> TlsweepConfig:
     models.check_layer_names(models.architecture_layer_names(config.model.name), [config.layer],
                              model_name=config.model.name)
     _data(config)
-    _input_size(config)
     _features(config)
     _classifier(config)
     stale_after_seconds(config.tracking.stale_after)
@@ -78,16 +77,9 @@ def _folder(spec) -> tuple[str, ...]:
         )
     layout = folder.scan(spec.path)
     folder.check_test_fraction(layout, spec.test_fraction)
+    if spec.image_size is None:  # read from the image headers: one square size, or a line asking for one
+        folder.common_size(layout)
     return layout.class_names
-
-
-def _input_size(config: TlsweepConfig) -> None:
-    """The backbone's smallest input, against data.image_size or, when null, the images' own size."""
-    spec = config.data
-    size = data.input_size(name=spec.name, path=spec.path, image_size=spec.image_size)
-    received = (f"data.image_size={spec.image_size}" if spec.image_size is not None else
-                f"data.image_size=null, which keeps the {size}x{size} images of data.name={spec.name!r}")
-    models.check_input_size(config.model.name, size, received=received)
 
 
 def _features(config: TlsweepConfig) -> None:

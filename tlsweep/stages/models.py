@@ -81,12 +81,16 @@ def min_input_size(name: str) -> int:
 
 
 def check_input_size(name: str, input_size: int, *, received: str = "") -> None:
-    """One line naming both sizes when the input is smaller than the backbone accepts."""
+    """One line naming both sizes when the input is smaller than the backbone accepts.
+
+    `received` says where the size came from; by default data.image_size, which a null resolves to the
+    images' own size.
+    """
     smallest = min_input_size(name)
     if input_size < smallest:
         raise ConfigError(
-            f"data.image_size should be at least {smallest} for {name} (its smallest input, {smallest}x{smallest}); "
-            f"received {received or f'an input size of {input_size}x{input_size}'}"
+            f"data.image_size should be at least {smallest}x{smallest} for {name}, its smallest input; "
+            f"received {received or f'data.image_size={input_size}'}"
         )
 
 
