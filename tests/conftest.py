@@ -220,3 +220,49 @@ def image_saver():
     """`image_saver(rgb, path, mode="RGB")`: saves uint8 RGB pixels as mode (RGB, L, P, RGBA, I;16) in the format
     the suffix names; returns the path."""
     return save_image
+
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    """`with mlflow_server(folder, port, backend_store_uri, *options, env=None) as url:` a real `mlflow server`
+    on 127.0.0.1:port serving artifacts from folder/mlartifacts, healthy on entry; on exit its whole process
+    group (the workers it forks) is stopped. `options` go before the rest (e.g. `--app-name basic-auth`)."""
+    import contextlib
+    import signal
+    import time
+    import urllib.request
+
+    @contextlib.contextmanager
+    def serve(folder: Path, port: int, backend_store_uri: str, *options: str, env: dict | None = None,
+              start_timeout_s: float = 180):
+        log = folder / "server.log"
+        command = [sys.executable, "-m", "mlflow", "server", *options, "--host", "127.0.0.1", "--port", str(port),
+                   "--workers", "1", "--backend-store-uri", backend_store_uri,
+                   "--serve-artifacts", "--artifacts-destination", str(folder / "mlartifacts")]
+        with open(log, "w") as out:  # its own process group, so the stop reaches the workers it forks
+            process = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + start_timeout_s
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                with contextlib.suppress(OSError):
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server not healthy after {start_timeout_s}s:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):  # whatever of the group is left: workers, consumers
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+    return serve

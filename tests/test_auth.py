@@ -11,10 +11,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +20,6 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.server
 pytest.importorskip("flask_wtf", reason="mlflow's basic-auth app needs Flask-WTF: pip install -e '.[auth]'")
 
-START_TIMEOUT_S = 180
 LAYERS = ["block4_pool", "block5_pool"]
 ADMIN = "admin"
 SWEEPER, READER = "sweeper", "reader"
@@ -81,21 +76,8 @@ class AuthServer:
             return client.search_runs(ids, max_results=1000)
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
-def auth_server(tmp_path_factory, free_port):
+def auth_server(tmp_path_factory, free_port, mlflow_server):
     """A basic-auth server with an admin and two users: `sweeper` (may create experiments) and `reader`."""
     folder = tmp_path_factory.mktemp("auth-server")
     passwords = {user: secrets.token_urlsafe(18) for user in (ADMIN, SWEEPER, READER)}  # >= 12 characters
@@ -104,29 +86,14 @@ def auth_server(tmp_path_factory, free_port):
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env.update(MLFLOW_AUTH_CONFIG_PATH=str(folder / "auth.ini"), MLFLOW_AUTH_ADMIN_PASSWORD=passwords[ADMIN],
                MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
-    command = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'backend.db'}",
-               "--serve-artifacts", "--artifacts-destination", str(folder / "mlartifacts")]
-    log = folder / "server.log"
-    with open(log, "w") as out:  # its own process group, so the stop reaches the workers it forks
-        process = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        server = AuthServer(f"http://127.0.0.1:{port}", passwords)
-        _wait_healthy(server.url, process, log)
+    with mlflow_server(folder, port, f"sqlite:///{folder / 'backend.db'}", "--app-name", "basic-auth",
+                       env=env) as url:
+        server = AuthServer(url, passwords)
         for user in (SWEEPER, READER):
             server.request(ADMIN, "/api/2.0/mlflow/users/create", {"username": user, "password": passwords[user]})
         with server.client() as admin:  # the admin's: the others get the default permission, READ
             admin.create_experiment("tlsweep")
         yield server
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
 
 
 def _sweep(cli, isolated, cifar_dir, tiny, env, *args):

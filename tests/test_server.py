@@ -10,12 +10,9 @@ import glob
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -23,46 +20,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.server
-
-START_TIMEOUT_S = 120
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
-
-
-@contextlib.contextmanager
-def mlflow_server(backend_store_uri: str, folder: Path, port: int):
-    """`mlflow server --serve-artifacts` on 127.0.0.1:port (a free one); yields (url, artifacts folder)."""
-    artifacts, log = folder / "mlartifacts", folder / "server.log"
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1", "--backend-store-uri", backend_store_uri,
-               "--serve-artifacts", "--artifacts-destination", str(artifacts)]
-    with open(log, "w") as out:
-        # its own process group, so the stop reaches the workers it forks
-        process = subprocess.Popen(command, cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, process, log)
-        yield url, artifacts
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):  # whatever of the group is left: workers, job consumers
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
 
 def _postgres_bin() -> Path | None:
     """The folder holding initdb, pg_ctl and createdb: Debian's versioned one, else pg_ctl's on PATH."""
@@ -110,7 +67,7 @@ def postgres_cluster(port: int):
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def tracking_server(request, tmp_path, free_port):
+def tracking_server(request, tmp_path, free_port, mlflow_server):
     """(url, artifacts folder) of a running server backed by the store named by the parameter."""
     folder = tmp_path / "server"
     folder.mkdir()
@@ -119,7 +76,7 @@ def tracking_server(request, tmp_path, free_port):
             backend = f"sqlite:///{folder / 'backend.db'}"
         else:
             backend = stack.enter_context(postgres_cluster(free_port()))
-        yield stack.enter_context(mlflow_server(backend, folder, free_port()))
+        yield stack.enter_context(mlflow_server(folder, free_port(), backend)), folder / "mlartifacts"
 
 
 def _sweep(machine: str, url: str, root: Path, data: Path, tiny: tuple[str, ...]) -> subprocess.Popen:

@@ -13,11 +13,7 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,7 +25,6 @@ pytestmark = [pytest.mark.server, pytest.mark.ui]
 LAYERS = ("block3_pool", "block4_pool", "block5_pool")
 PARENT_NAME = f"vgg16 layer={','.join(LAYERS)}"  # a parent run is named after what its sweep varies
 WAIT_S = 60  # the React app renders after its API calls return; every wait is explicit
-SERVER_START_S = 120
 # What the README tells a person to add under Columns; the UI keeps it per experiment in localStorage.
 COLUMNS = ["params.`layer`", "metrics.`train_accuracy`", "metrics.`val_accuracy`", "metrics.`test_accuracy`"]
 
@@ -43,38 +38,6 @@ def _browser() -> tuple[str, str]:
         pytest.skip("no headless browser: apt-get install chromium chromium-driver (found "
                     f"browser={browser}, chromedriver={driver})")
     return browser, driver
-
-
-@contextlib.contextmanager
-def mlflow_ui(backend_store_uri: str, folder: Path, port: int):
-    """`mlflow server` over backend_store_uri on 127.0.0.1:port; yields its URL and stops it (and its workers)."""
-    log = folder / "server.log"
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {SERVER_START_S}s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
 
 
 @contextlib.contextmanager
@@ -108,7 +71,7 @@ def _screenshot(chrome, name: str, folders: list[Path]) -> None:
 
 
 def test_ui_shows_the_sweep_its_nested_children_and_the_comparison_plot(isolated, cifar_dir, cli, tiny, free_port,
-                                                                        project_root, experiment_runs):
+                                                                        project_root, experiment_runs, mlflow_server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -135,7 +98,7 @@ def test_ui_shows_the_sweep_its_nested_children_and_the_comparison_plot(isolated
 
     folder = isolated / "ui"
     folder.mkdir()
-    with mlflow_ui(store, folder, free_port()) as url, headless_chromium(browser, driver, folder / "profile") as chrome:
+    with mlflow_server(folder, free_port(), store) as url, headless_chromium(browser, driver, folder / "profile") as chrome:
         wait = WebDriverWait(chrome, WAIT_S)
         chrome.get(f"{url}/health")  # same origin, so the UI's saved state can be set before it loads
         chrome.execute_script(
