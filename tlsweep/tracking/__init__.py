@@ -1,4 +1,4 @@
 """What talks to MLflow: the store and its runs, and the run record that names what a run carries.
 
-Only this package imports mlflow.
+Only `store` imports mlflow; the others go through it.
 """

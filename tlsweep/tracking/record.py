@@ -199,7 +199,7 @@ class JobResult:
         return metrics
 
     def accuracy(self, split: str) -> float:
-        return self.metrics()[Metric.accuracy(split)]
+        return next(float(result.table["accuracy"]) for result in self.splits if result.split == split)
 
 
 @dataclass(frozen=True)

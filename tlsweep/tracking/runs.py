@@ -12,17 +12,15 @@ import logging
 import time
 from typing import Optional, Sequence
 
-from mlflow.entities import RunStatus
 
 from tlsweep import provenance
 from tlsweep.errors import ConfigError
 from tlsweep.tracking import heartbeat
 from tlsweep.tracking.record import Kind, Payload, RunRecord, StoredRun, Tag
-from tlsweep.tracking.store import Store
+from tlsweep.tracking.store import FAILED, FINISHED, KILLED, Store
 
 log = logging.getLogger(__name__)
 
-FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
 
 
 def connect(tracking_uri: str, experiment: str, *, stale_after: Optional[float] = None) -> tuple[Store, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from filelock import FileLock
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.environment_variables import MLFLOW_TRACKING_USERNAME
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SEARCH_LIMIT = 50000
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
 
 
 class Store:
