@@ -76,6 +76,7 @@ def test_schema_rejects_typos_and_wrong_types_at_composition(compose, overrides)
                            "data.classes": "[4,5,6,7,8,9],[2,3,4,5,6,7],[0,1,8,9]"}),
         ("demo", {"layer": "block3_pool,block4_pool,block5_pool"}),
         ("protocols", {"layer": "block3_pool,block4_pool,block5_pool", "features.normalize": "none,l2,standardize"}),
+        ("depth_profile", {"model": "vgg16,resnet50,convnext_tiny", "layer": "stages"}),
     ],
 )
 def test_presets_compose_and_name_their_command(compose, project_root, preset, swept):

@@ -50,6 +50,23 @@ def test_coarse_to_fine_search_picks_a_C_as_good_on_val_as_the_whole_grid(digits
     assert max(found.val_accuracy) == found.val_accuracy[found.Cs.index(found.selected_C)]
 
 
+def test_the_search_solves_the_squared_hinge_warm_started_from_one_C_to_the_next(digits_split, monkeypatch):
+    from tlsweep.stages import newton_svc
+
+    cold_starts, solve = [], newton_svc.trust_region_newton
+
+    def recording(X, Y, *, W, **kwargs):
+        cold_starts.append(W is None)
+        return solve(X, Y, W=W, **kwargs)
+
+    monkeypatch.setattr(newton_svc, "trust_region_newton", recording)
+    X_train, y_train, X_val, y_val = digits_split
+    found = classify.search_C(normalize="standardize", grid=_default_C_grid(), X_train=X_train, y_train=y_train,
+                              X_val=X_val, y_val=y_val, name="linear_svc", **PROBE)
+    assert cold_starts == [True] + [False] * (len(found.Cs) - 1)  # one fit from zero, every other from a solution
+    assert isinstance(found.best.estimator[-1], newton_svc.NewtonSVC) and found.best.estimator[-1].C == found.selected_C
+
+
 def test_pooling_of_a_known_map():
     maps = np.arange(2 * 5 * 4 * 3, dtype=np.float32).reshape(2, 5, 4, 3)
     flat = maps.reshape(2, -1)

@@ -28,7 +28,9 @@ def job_result() -> JobResult:
     return JobResult(splits=splits, class_names=["deer", "dog"], feature_dim=3, n_train=40, n_val=40, n_test=40,
                      layer_index=14, data_fingerprint="d" * 16, weights_fingerprint="random-seed0",
                      extraction_seconds=1.5, cnn_forward_images=0, fit_seconds=0.1, n_iter=7, converged=True,
-                     fit_warnings=[], total_seconds=2.0, n_fit=40, selected_C=0.5, split_digest="s" * 16)
+                     fit_warnings=[], total_seconds=2.0, n_fit=40, selected_C=0.5, split_digest="s" * 16,
+                     labels=[4, 5], split_ids={s: [f"{s}/{i}" for i in range(40)] for s in record.SPLITS},
+                     layer_depth=0.75, cache_folder="/cache/vgg16-0123")
 
 
 def _stored(payload: record.Payload, status: str = "FINISHED") -> StoredRun:
@@ -46,6 +48,9 @@ def test_what_a_job_writes_reads_back_into_every_comparison_column(compose, job_
     assert (parsed.model, parsed.layer, parsed.C, parsed.classes) == ("vgg16", "block4_pool", "0.5", "deer,dog")
     assert parsed.test_accuracy == job_result.accuracy("test") and parsed.layer_index == 14
     assert parsed.config_hash == job.tags[record.Tag.CONFIG_HASH] and parsed.feature_dim == "3"
+    assert parsed.layer_depth == 0.75 and parsed.cache == "/cache/vgg16-0123" and parsed.data_classes == "[4, 5]"
+    rows = job.payload().files[record.Artifact.predictions("test")].splitlines()
+    assert rows[0] == "id,true,predicted" and len(rows) == 41 and rows[1].startswith("test/0,deer,")
     table = summary.comparison_table([parsed])
     assert list(table.columns) == list(COLUMNS)
     empty = [column for column in COLUMNS if column != "error" and table[column].isna().any()]

@@ -8,4 +8,7 @@ import os
 SHOW_NATIVE_LOGS = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+# MLflow draws a progress bar for every artifact copy, several per logged model; a user's setting wins
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 __version__ = "0.1.0"

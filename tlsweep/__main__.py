@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,14 +24,16 @@ from hydra.types import RunMode
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep import console, preflight, provenance
+from tlsweep import console, layers, preflight, provenance
 from tlsweep.config import TlsweepConfig, default_cache_dir, default_tracking_uri, register_configs
-from tlsweep.errors import TlsweepError
-from tlsweep.stages import cache, classify, data, features, report
+from tlsweep.errors import ConfigError, TlsweepError
+from tlsweep.stages import cache, classify, data, features, models, report
+from tlsweep.stages.pipeline import PipelineSpec, ProbePipeline
 from tlsweep.sweep import context
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
-from tlsweep.tracking.record import JobRecord, JobResult, Tag, error_line
+from tlsweep.tracking.record import (DatasetRecord, JobRecord, JobResult, PipelineModel, ProbeModel, Tag,
+                                     error_line)
 from tlsweep.tracking.store import Store
 from tlsweep.validate import stale_after_seconds, validate
 
@@ -40,8 +42,17 @@ log = logging.getLogger("tlsweep")
 register_configs()
 
 
-def run(cfg: DictConfig, sweep: Optional[SweepContext] = None) -> float:
-    """Run one configuration and return its validation accuracy (the sweep's target)."""
+STAGES = "stages"  # layer=stages: one run per stage of model.stages, every stage from one CNN pass
+
+
+def run(cfg: DictConfig, sweep: Optional[SweepContext] = None, *, extract_ahead: Sequence[str] = ()) -> float:
+    """Run one configuration and return its validation accuracy (the sweep's target).
+
+    `layer=stages` runs every stage of the model's config instead, one run each; `extract_ahead` names the
+    cuts the one CNN pass fills beside this one.
+    """
+    if cfg.layer == STAGES:
+        return run_stages(cfg, sweep)
     started = time.time()
     cfg = _canonical(cfg)
     record = _job_record(cfg)
@@ -67,7 +78,7 @@ def run(cfg: DictConfig, sweep: Optional[SweepContext] = None) -> float:
                 runs.mark_resumed(store, sweep.parent_run_id, config_hash=done.config_hash, run_id=done.run_id)
             return math.nan if done.val_accuracy is None else done.val_accuracy
     try:
-        result = train_and_evaluate(config, sweep_layers=sweep.sweep_layers if sweep else ())
+        result = train_and_evaluate(config, sweep_layers=extract_ahead or (sweep.sweep_layers if sweep else ()))
     except BaseException as err:
         record = dataclasses.replace(record, error=err)
         raise
@@ -83,6 +94,30 @@ def run(cfg: DictConfig, sweep: Optional[SweepContext] = None) -> float:
         log.info("logged run %s to %s; browse it with: mlflow ui --backend-store-uri %s", logged, store.uri,
                  store.uri)
     return result.accuracy("val")
+
+
+def run_stages(cfg: DictConfig, sweep: Optional[SweepContext]) -> float:
+    """Every stage of model.stages as its own run, input to output; the best val accuracy.
+
+    The first stage's CNN pass fills the cache for all of them. A stage that fails is logged FAILED and the
+    others still run; the first error is raised at the end.
+    """
+    stages = list(cfg.model.stages)
+    if not stages:
+        raise ConfigError(f"layer=stages needs model.stages, the stage layers of model={cfg.model.name}, and its "
+                          "config names none; set model.stages=[LAYER,...] or name one layer")
+    layers.check_stage_memory(cfg, stages)
+    scores, errors = [], []
+    for stage in stages:
+        staged = cfg.copy()
+        staged.layer = stage
+        try:
+            scores.append(run(staged, sweep, extract_ahead=stages))
+        except TlsweepError as err:
+            errors.append(err)
+    if errors:
+        raise errors[0]
+    return max(scores)
 
 
 def train_and_evaluate(config: TlsweepConfig, *, sweep_layers=()) -> JobResult:
@@ -110,6 +145,15 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers=()) -> JobResult:
                                  title=f"{config.model.name} {config.layer}: ")
     reports, fit, search = _fit_and_evaluate(config, train=train, test=test, train_idx=train_idx, val_idx=val_idx,
                                              evaluate=evaluate)
+    spec = PipelineSpec(backbone=config.model.name, layer=config.layer, input_size=input_size,
+                        resize="pillow" if config.data.name == "folder" else "keras", pooling=config.features.pooling,
+                        grid_size=config.features.grid_size, labels=classes, class_names=names,
+                        weights=models.resolved_weights(config.model.weights), seed=config.seed)
+    first = np.arange(min(2, len(test.y)))  # the input examples: two test images, as the data set holds them
+    example_images = dataset.test.images[data.class_order(dataset.test, classes)[first]]
+    probe = ProbeModel(fit.estimator, test.take(first), spec, example_images)
+    pipeline = (PipelineModel(ProbePipeline.build(spec=spec, probe=fit.estimator), example_images)
+                if config.tracking.log_pipeline else None)
     return JobResult(
         splits=reports, class_names=names, feature_dim=train.dim, n_train=len(train_idx), n_val=len(val_idx),
         n_test=len(test.y), layer_index=train.layer_index, data_fingerprint=dataset.fingerprint,
@@ -122,6 +166,16 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers=()) -> JobResult:
         search_Cs=search.Cs if search else (), search_val_accuracy=search.val_accuracy if search else (),
         search_png=report.search_plot(search.Cs, search.val_accuracy, search.selected_C,
                                       title=f"{config.model.name} {config.layer}") if search else None,
+        labels=classes, split_ids={"train": [train.ids[row] for row in train_idx],
+                                   "val": [train.ids[row] for row in val_idx], "test": list(test.ids)},
+        skipped=tuple(dataset.skipped),
+        datasets=[DatasetRecord(name=f"{dataset.name} {split}", digest=dataset.fingerprint, source=dataset.source,
+                                source_type=data.source_type(dataset.source), context=split,
+                                profile={"images": count, "classes": names})
+                  for split, count in (("train", len(train_idx)), ("val", len(val_idx)), ("test", len(test.y)))],
+        probe=probe, pipeline=pipeline, cache_folder=train.cache_folder,
+        layer_depth=models.depth_in(train.layers, config.layer, last_stage=config.model.stages[-1])
+        if config.model.stages and config.model.stages[-1] in train.layers else None,
     )
 
 

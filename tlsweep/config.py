@@ -20,6 +20,8 @@ class ModelConfig:
     weights: Optional[str] = "imagenet"  # "imagenet", null (random init) or a path to a weights file
     default_layer: str = MISSING  # the cut used when `layer` is not given
     batch_size: int = 256  # images per forward pass during extraction
+    # the layers a researcher would cut at, input to output (stage_layers in tlsweep/stages/models.py)
+    stages: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TrackingConfig:
     experiment: str = "tlsweep"
     machine: Optional[str] = None  # a name for this machine in comparisons; null: the host name
     stale_after: str = "5m"  # a RUNNING run whose heartbeat is older is marked KILLED: seconds, or 90s, 5m, 1h
+    log_pipeline: bool = False  # also log this job's whole pipeline (raw images -> class names) as model `model`
 
 
 @dataclass

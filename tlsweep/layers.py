@@ -10,6 +10,9 @@ Examples:
   python -m tlsweep.layers model=efficientnet_b0 data=folder data.path=/data/flowers data.image_size=128
   python -m tlsweep.layers model=vgg16 classifier=lbfgs_svc 'data.classes=[0,1,2,3,4,5,6,7,8,9]'
 
+A line with `^` under a layer marks the end of a stage (model.stages, the cuts of a depth profile), with its
+layer_depth: its position in the model's layer list over the last stage's, 0 at the input and 1 at the last stage.
+
 A `*` marks the layers whose flattened features would not fit a linear probe in this machine's memory.
 The estimate is rows x features x bytes per value. Rows are the training images of the configured data and
 classes (all of them, before the val split, since C=auto refits on train+val; with data.train_per_class,
@@ -31,7 +34,7 @@ from typing import Optional, Sequence
 from tabulate import tabulate
 
 from tlsweep.config import PROJECT_ROOT, TlsweepConfig, register_configs
-from tlsweep.errors import TlsweepError
+from tlsweep.errors import ConfigError, TlsweepError
 
 log = logging.getLogger("tlsweep.layers")
 
@@ -97,6 +100,50 @@ def layer_rows(config: TlsweepConfig, input_size: int, *, budget: int, n_rows: i
     return rows
 
 
+def check_stage_memory(cfg, stages: Sequence[str]) -> None:
+    """Before `layer=stages`: refuse, in one line, a stage whose features (as pooled) would not fit a linear
+    probe in this machine's memory; warn when one would take more than half of it."""
+    from omegaconf import OmegaConf
+
+    from tlsweep.stages import data, features, models
+
+    config: TlsweepConfig = OmegaConf.to_object(cfg)
+    input_size = data.input_size(name=config.data.name, path=config.data.path, image_size=config.data.image_size)
+    models.check_input_size(config.model.name, input_size)
+    shapes = models.cut_shapes(models.build_backbone(name=config.model.name, weights=None, input_size=input_size,
+                                                     seed=0))
+    models.check_layer_names(list(shapes), stages, model_name=config.model.name)
+    budget, n_rows = machine_memory(), training_rows(config)
+    per_value = FIT_BYTES_PER_VALUE[config.classifier.name] + NORMALIZE_COPY_BYTES[config.features.normalize]
+    pooling, grid = config.features.pooling, config.features.grid_size
+    for stage in stages:
+        dim = features.pooled_dim(shapes[stage], pooling=pooling, grid_size=grid)
+        need = n_rows * dim * per_value
+        what = (f"stage {stage} of {config.model.name} gives {dim} features per image at {input_size}x{input_size} "
+                f"with features.pooling={pooling}: fitting {config.classifier.name} on {n_rows} training images "
+                f"needs about {need / GIB:.1f} GiB")
+        if need > budget:
+            raise ConfigError(f"layer=stages cannot fit in memory: {what}, more than this machine's "
+                              f"{budget / GIB:.1f} GiB; set features.pooling=grid (features.grid_size=2 bounds "
+                              "each stage to 4 x its channels) or avg")
+        if need > budget / 2:
+            log.warning("%s, over half of this machine's %.1f GiB; features.pooling=grid bounds it", what,
+                        budget / GIB)
+
+
+def stage_marks(model: str, stages: Sequence[str]) -> dict[str, str]:
+    """The line shown under each stage's row: which stage it ends, and its layer_depth.
+
+    The stages are the config's model.stages, or the model's own (stage_layers) when the config names none.
+    """
+    from tlsweep.stages import models
+
+    stages = list(stages) or list(models.stage_layers(model))
+    return {layer: f"    ^ stage {number} of {len(stages)}, layer_depth "
+                   f"{models.layer_depth(model, layer, stages=stages):.2f}"
+            for number, layer in enumerate(stages, start=1)}
+
+
 def report(config: TlsweepConfig) -> str:
     """The table and the lines around it that say what it assumed."""
     from tlsweep.stages import data, models
@@ -111,11 +158,17 @@ def report(config: TlsweepConfig) -> str:
     headers = ["#", "layer", "output", "flatten", "avg", "max", f"grid {grid}x{grid}", "fit GiB", ""]
     marked = sum(row[-1] == "*" for row in rows)
     chosen = next((row[0] for row in rows if row[1] == config.layer), None)
+    stages = stage_marks(config.model.name, list(config.model.stages))
+    lines = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True).splitlines()
+    table = lines[:2]  # the header and its rule, then a row per layer, each stage's followed by its mark
+    for row, line in zip(rows, lines[2:]):
+        table += [line, stages[row[1]]] if row[1] in stages else [line]
     return "\n".join([
         f"{config.model.name} at {input_size}x{input_size}: {len(rows)} layers to cut (built without weights)",
-        tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True),
+        *table,
         f"layer={config.layer} is #{chosen}. fit GiB: the flattened features of {n_rows} training images for "
         f"{config.classifier.name} (features.normalize={config.features.normalize}).",
+        f"^ {len(stages)} stages (model.stages), each with its layer_depth; see python -m tlsweep.layers --help",
         f"* {marked} layer(s) would need more than this machine's {budget / GIB:.1f} GiB; "
         "see python -m tlsweep.layers --help",
     ])

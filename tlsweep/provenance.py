@@ -17,6 +17,8 @@ from tlsweep.config import PROJECT_ROOT
 
 # keys that change where results go or how fast they come, never what they are
 NON_SEMANTIC_KEYS = ("tracking", "cache_dir", "resume", "model.batch_size")
+# keys that describe the backbone, not the run: a run's cut is `layer`, whichever stages its model lists
+DESCRIPTIVE_KEYS = ("model.stages",)
 # keys added after runs were first logged, at the value those runs had: left out of the hash at that value,
 # so a configuration keeps its hash (and `resume=true` finds its earlier runs) across the addition
 ADDED_KEYS = {
@@ -30,7 +32,7 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     """A stable id of the configuration: runs with equal hashes should give equal accuracies."""
     flat = dict(flatten(resolved))
     for key in list(flat):
-        if any(key == skip or key.startswith(f"{skip}.") for skip in NON_SEMANTIC_KEYS):
+        if any(key == skip or key.startswith(f"{skip}.") for skip in NON_SEMANTIC_KEYS + DESCRIPTIVE_KEYS):
             del flat[key]
         elif key in ADDED_KEYS and flat[key] == ADDED_KEYS[key]:
             del flat[key]

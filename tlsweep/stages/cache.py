@@ -3,7 +3,8 @@
 One folder per feature key holds `key.json` (what the features depend on), `layers.json` (the backbone's
 cut layers, input first), `shapes.json` (each cut's map shape, so any pooling can be computed from the
 flattened map) and one entry per (image set, layer, class). Each entry is `<name>.npy` plus a
-`<name>.json` sidecar holding its shape, dtype and sha256. An entry counts only when both agree; a torn,
+`<name>.json` sidecar holding its shape, dtype and sha256; `<image set>-class<k>-ids.json` names the image
+of each row. An entry counts only when both agree; a torn,
 truncated or corrupt file is logged, removed and recomputed. `FeatureCache` is the only reader and writer
 of this layout.
 """
@@ -129,6 +130,13 @@ class FeatureCache:
         self.key = dict(key)
         self.folder = root / f"{label}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
+    @classmethod
+    def at(cls, folder: Path) -> "FeatureCache":
+        """The cache entries in `folder`, as a run recorded it (its key.json says what they depend on)."""
+        found = cls.__new__(cls)
+        found.folder, found.key = Path(folder), json.loads((Path(folder) / "key.json").read_text())
+        return found
+
     @staticmethod
     def _name(image_set: str, layer: str, label: int) -> str:
         return f"{image_set}-{layer}-class{label}"
@@ -159,6 +167,14 @@ class FeatureCache:
             write_json(self.folder / "key.json", self.key)
         write_json(self.folder / "layers.json", list(layers))
         write_json(self.folder / "shapes.json", {name: list(shape) for name, shape in shapes.items()})
+
+    def record_ids(self, image_set: str, label: int, ids: Sequence[str]) -> None:
+        """The image ids of a class's rows, in row order, beside its entries: which image each row is."""
+        write_json(self.folder / f"{image_set}-class{label}-ids.json", list(ids))
+
+    def ids(self, image_set: str, label: int) -> Optional[list[str]]:
+        path = self.folder / f"{image_set}-class{label}-ids.json"
+        return json.loads(path.read_text()) if path.exists() else None
 
     def layers(self) -> list[str]:
         return json.loads((self.folder / "layers.json").read_text())

@@ -59,6 +59,20 @@ def make_probe(*, name: str, C: float, loss: str, max_iter: int, tol: float, dua
     return LinearSVC(C=C, loss=loss, max_iter=max_iter, tol=tol, dual=DUAL[str(dual).lower()], random_state=seed)
 
 
+def make_search_probe(*, name: str, C: float, loss: str, max_iter: int, tol: float, dual: str, seed: int):
+    """The probe that C=auto fits along its search path, warm-started from one C to the next.
+
+    For the squared hinge (linear_svc, lbfgs_svc) it is `NewtonSVC`: liblinear's primal problem, solver
+    (trust-region Newton) and stopping rule at the configured `tol`, but on float32 for every class at once
+    and warm-started, which liblinear cannot do. The refit at the chosen C stays the configured estimator.
+    """
+    if loss == "squared_hinge":
+        from tlsweep.stages.newton_svc import NewtonSVC
+
+        return NewtonSVC(C=C, max_iter=max_iter, tol=tol, warm_start=True)
+    return make_probe(name=name, C=C, loss=loss, max_iter=max_iter, tol=tol, dual=dual, seed=seed, warm_start=True)
+
+
 def make_normalizer(normalize: str):
     """`l2` scales each row to unit length; `standardize` learns per-feature mean and scale from the fit rows."""
     return {"none": "passthrough", "l2": Normalizer(), "standardize": StandardScaler()}[normalize]
@@ -84,28 +98,32 @@ def search_C(
     *, normalize: str, grid: Sequence[float], X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
     y_val: np.ndarray, stride: int = 4, patience: int = 2, **probe,
 ) -> SearchResult:
-    """Choose C by validation accuracy, coarse to fine over `grid`, each fit warm-started from the last.
+    """Choose C by validation accuracy, coarse to fine over `grid`, each fit warm-started from the nearest C.
 
-    The coarse pass fits every `stride`-th grid value, smallest C first, and stops once `patience` values in
-    a row past a peak have not beaten it: there, larger C only costs more solver iterations. (The flat,
-    underfit start of the path, where every tiny C scores the same, never stops it.) The fine pass then
-    halves the step around the best value until it reaches the grid's own spacing, as CLIP's linear-probe
-    search does. Ties go to the smaller C. Test data never enters: it is not an argument.
+    The fits are `make_search_probe`'s: the configured problem at the configured tolerance, each starting
+    from the solution at the nearest C fitted so far. The coarse pass fits every `stride`-th grid value,
+    smallest C first, and stops once `patience` values in a row past a peak have not beaten it: there,
+    larger C only costs more solver iterations. (The flat, underfit start of the path, where every tiny C
+    scores the same, never stops it.) The fine pass then halves the step around the best value until it
+    reaches the grid's own spacing, as CLIP's linear-probe search does; both candidates of a step start from
+    the best value's solution. Ties go to the smaller C. Test data never enters: it is not an argument.
     """
     start = time.perf_counter()
     grid = sorted(set(float(C) for C in grid))
     normalizer = make_normalizer(normalize)
     Z_train = X_train if normalizer == "passthrough" else normalizer.fit_transform(X_train)
     Z_val = X_val if normalizer == "passthrough" else normalizer.transform(X_val)
-    estimator = make_probe(C=grid[0], warm_start=True, **probe)
+    estimator = make_search_probe(C=grid[0], **probe)
     scores: dict[int, float] = {}
     fits: dict[int, tuple] = {}  # grid index -> (fitted probe, seconds, caught warnings), kept for the best only
     failed: list[str] = []
 
-    def evaluate(index: int) -> None:
+    def evaluate(index: int, estimator) -> None:
         estimator.set_params(C=grid[index])
         seconds, caught = _fit_recording_warnings(estimator, Z_train, y_train)
         scores[index] = float(np.mean(estimator.predict(Z_val) == y_val))
+        log.info("C search: C=%g, val accuracy %.4f (%d iterations, %.1f s)", grid[index], scores[index],
+                 int(np.max(estimator.n_iter_)), seconds)
         if any(issubclass(item.category, ConvergenceWarning) for item in caught):
             failed.append(f"{grid[index]:g}")
         if max(scores, key=lambda i: (scores[i], -i)) == index:
@@ -115,8 +133,8 @@ def search_C(
     coarse = list(range(0, len(grid), stride))
     coarse += [len(grid) - 1] if coarse[-1] != len(grid) - 1 else []
     best, stale = coarse[0], 0
-    for index in coarse:
-        evaluate(index)
+    for index in coarse:  # each fit starts from the last one's solution, the nearest C fitted so far
+        evaluate(index, estimator)
         if scores[index] > scores[best]:
             best, stale = index, 0
         elif index != best and scores[best] > scores[coarse[0]]:  # past a peak, not on the underfit plateau
@@ -125,9 +143,10 @@ def search_C(
             break
     step = stride // 2
     while step >= 1:  # binary refinement around the best so far: half the coarse stride, then half again
+        centre = fits[best][0]  # the nearest C fitted so far to both sides: each starts from its solution
         for index in (best - step, best + step):
             if 0 <= index < len(grid) and index not in scores:
-                evaluate(index)
+                evaluate(index, copy.deepcopy(centre))
         best = max(scores, key=lambda i: (scores[i], -i))
         step //= 2
     (selected, (probe_fit, seconds, caught)), = fits.items()

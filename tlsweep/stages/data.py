@@ -36,6 +36,12 @@ class ImageSet:
     def indices_of(self, label: int) -> np.ndarray:
         return np.flatnonzero(self.labels == label)
 
+    def image_ids(self, rows: np.ndarray) -> list[str]:
+        """Ids of the images at `rows`: a folder image's relative path, else `<set>/<index in the set>`."""
+        if self.ids:
+            return [self.ids[row] for row in rows]
+        return [f"{self.name}/{row}" for row in rows]
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -88,6 +94,11 @@ def input_size(*, name: str, path: Optional[str], image_size: Optional[int]) -> 
 def subset_labels(images: ImageSet, classes: Sequence[int]) -> np.ndarray:
     """Labels of `classes`, class by class: the order `features.extract_features` returns them in."""
     return np.concatenate([np.full(len(images.indices_of(c)), c, dtype=np.int64) for c in classes])
+
+
+def class_order(images: ImageSet, classes: Sequence[int]) -> np.ndarray:
+    """The image set's row of each feature row: class by class, as `subset_labels` orders them."""
+    return np.concatenate([images.indices_of(c) for c in classes])
 
 
 def describe_classes(name: str, classes: Sequence[int], path: Optional[str] = None) -> str:
@@ -160,6 +171,16 @@ def _dataset(name, class_names, x_train, y_train, x_test, y_test, source) -> Dat
     )
 
 
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # what keras.datasets.cifar10 fetches
+
+
+def source_type(source: str) -> str:
+    """MLflow's dataset source type of `Dataset.source`: http (a download), local (a path) or code."""
+    if source.startswith(("http://", "https://")):
+        return "http"
+    return "local" if Path(source).is_absolute() else "code"
+
+
 def load_cifar10(path: Optional[str] = None) -> Dataset:
     """CIFAR-10 from Keras (download or its cache), or from a local python-version copy."""
     if path is None:
@@ -172,7 +193,7 @@ def load_cifar10(path: Optional[str] = None) -> Dataset:
                 what="CIFAR-10 through Keras", reason=f"{type(err).__name__}: {str(err).splitlines()[0][:160]}",
                 remedy="data.path=/path/to/cifar-10-python.tar.gz (or its cifar-10-batches-py folder)",
             ) from None
-        return _dataset("cifar10", CIFAR10_CLASSES, x_train, y_train, x_test, y_test, "keras.datasets.cifar10")
+        return _dataset("cifar10", CIFAR10_CLASSES, x_train, y_train, x_test, y_test, CIFAR10_URL)
 
     location = Path(path).expanduser()
     if not location.exists():

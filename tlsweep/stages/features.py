@@ -83,6 +83,9 @@ class Features:
     grid_size: int = 2
     extraction_seconds: float = 0.0
     cnn_images: int = 0  # images that went through the CNN for this call (0 on a warm cache)
+    ids: tuple = ()  # each row's image id (data.ImageSet.image_ids), in the same order
+    layers: tuple = ()  # the backbone's cut layers, input first (layer_index indexes them)
+    cache_folder: str = ""  # where these features are cached (what CKA reads back)
 
     @property
     def dim(self) -> int:
@@ -157,8 +160,10 @@ def extract_features(
         store.record_layers(models.cut_layer_names(model), models.cut_shapes(model))
         map_shape = store.map_shape(layer)
     y = np.concatenate([np.full(len(part), label, dtype=np.int64) for part, label in zip(found, classes)])
+    images = dataset.image_set(image_set)
+    ids = tuple(image_id for label in classes for image_id in images.image_ids(images.indices_of(label)))
     return Features(found, y, key.weights_id, store.layers().index(layer), tuple(map_shape), pooling, grid_size,
-                    time.perf_counter() - start, cnn_images)
+                    time.perf_counter() - start, cnn_images, ids, tuple(store.layers()), str(store.folder))
 
 
 def _fill(*, store: cache.FeatureCache, images: ImageSet, image_set: str, layers: Sequence[str],
@@ -184,7 +189,7 @@ def _fill(*, store: cache.FeatureCache, images: ImageSet, image_set: str, layers
         progress = console.Progress(total, description=f"features ({image_set})", log=log)
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
-            values = _forward(extractor, preprocess, images.images[order[start:stop]], input_size, batch_size)
+            values = forward(extractor, preprocess, images.images[order[start:stop]], input_size, batch_size)
             for k in range(len(missing)):
                 lo, hi = max(start, bounds[k]), min(stop, bounds[k + 1])
                 for out, value in zip(outputs[k], values):
@@ -192,10 +197,12 @@ def _fill(*, store: cache.FeatureCache, images: ImageSet, image_set: str, layers
                         out[lo - bounds[k] : hi - bounds[k]] = value[lo - start : hi - start].reshape(hi - lo, -1)
             progress.update(stop - start)
         progress.close()
+        for label, rows in zip(missing, per_class):
+            store.record_ids(image_set, label, images.image_ids(rows))
     return total
 
 
-def _forward(extractor, preprocess, batch: np.ndarray, input_size: int, batch_size: int) -> list[np.ndarray]:
+def forward(extractor, preprocess, batch: np.ndarray, input_size: int, batch_size: int) -> list[np.ndarray]:
     """Preprocess one batch and run it; pads to a fixed batch so the compiled graph is reused."""
     import keras
 

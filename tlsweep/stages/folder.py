@@ -221,7 +221,15 @@ def decode(raw: bytes, size: Optional[int]) -> np.ndarray:
         image = Image.fromarray((np.asarray(image, dtype=np.float32) / 257.0).round().astype(np.uint8))
     elif image.mode == "P" and "transparency" in image.info:  # Pillow asks for RGBA first
         image = image.convert("RGBA")
-    image = image.convert("RGB")  # grayscale, palette, RGBA (alpha dropped), CMYK
+    return resize(image.convert("RGB"), size)  # grayscale, palette, RGBA (alpha dropped), CMYK
+
+
+def resize(image, size: Optional[int]) -> np.ndarray:
+    """An RGB image (Pillow's, or uint8 pixels) resized to size x size as every image of a folder is."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
     if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 import matplotlib
@@ -24,6 +24,8 @@ class SplitReport:
     confusion_png: bytes
     balanced_accuracy: float  # mean per-class recall
     top5_accuracy: Optional[float]  # None with TOP_K classes or fewer
+    y_true: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)  # labels, row order
+    y_pred: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 
 
 def figure_png(figure: plt.Figure) -> bytes:
@@ -56,7 +58,8 @@ def classification_reports(
         display.figure_.tight_layout()
         top5 = (float(top_k_accuracy_score(y, scores, k=TOP_K, labels=classes)) if len(classes) > TOP_K else None)
         reports.append(SplitReport(split, text, table, figure_png(display.figure_),
-                                   float(balanced_accuracy_score(y, predicted)), top5))
+                                   float(balanced_accuracy_score(y, predicted)), top5, np.asarray(y),
+                                   np.asarray(predicted)))
     return reports
 
 

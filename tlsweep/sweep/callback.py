@@ -24,7 +24,7 @@ from tlsweep.errors import TlsweepError
 from tlsweep.sweep import context, summary
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
-from tlsweep.tracking.record import Artifact, Kind, Payload, RunRecord, Tag
+from tlsweep.tracking.record import Artifact, Kind, Payload, RunRecord, Tag, error_line
 from tlsweep.tracking.heartbeat import Heartbeat, interval_for
 from tlsweep.tracking.store import Store
 from tlsweep.validate import stale_after_seconds
@@ -118,6 +118,8 @@ class MLflowSweepCallback(Callback):
         log.info("sweep parent run %s in experiment %r", parent, config.tracking.experiment)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.context is None:  # a single run (Hydra calls this outside a multirun too): nothing to hand over
+            return
         console.start_backend_quietly()  # in a launcher's worker process, the first job starts the backend
         log.info("job %d/%d: %s", config.hydra.job.num + 1, self.n_jobs, " ".join(config.hydra.overrides.task))
         context.hand_over(self.context)
@@ -143,6 +145,14 @@ class MLflowSweepCallback(Callback):
                     under=Artifact.SUMMARY_FOLDER)
         failed = [] if table.empty else table[table["status"] != runs.FINISHED]
         checks = runs.failed_checks(store, sweep.parent_run_id)  # jobs whose config failed: they opened no run
+        served = False
+        if best is not None:
+            try:
+                served = runs.log_best_pipeline(store, sweep.parent_run_id, best_run_id=best["run_id"])
+            except Exception as err:  # the comparison stands; the parent says what it lacks and fails
+                line = f"could not log the best configuration's pipeline (run {best['run_id']}): {error_line(err)}"
+                store.set_tag(sweep.parent_run_id, Tag.ERROR, line)
+                checks.append(line)
         if self.heartbeat is not None:  # its last beat is written before the run closes
             self.heartbeat.stop()
         if self.owns_parent:  # `mlflow run` closes the run it opened
@@ -150,6 +160,10 @@ class MLflowSweepCallback(Callback):
         log.info("sweep summary logged to parent run %s (%d runs):\n%s", sweep.parent_run_id, len(table), answer)
         log.info("open it with: mlflow ui --backend-store-uri %s   then #/experiments/%s/runs/%s", sweep.tracking_uri,
                  sweep.experiment_id, sweep.parent_run_id)
+        if served:
+            log.info("serve the best configuration (raw images in, class names out): MLFLOW_TRACKING_URI=%s "
+                     "mlflow models serve -m runs:/%s/%s --env-manager local", sweep.tracking_uri,
+                     sweep.parent_run_id, Artifact.PIPELINE_MODEL)
         if len(failed) or checks:
             for _, row in failed.iterrows():
                 log.error("failed: layer=%s classes=%s C=%s: %s", row["layer"], row["classes"], row["C"], row["error"])

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from tlsweep.stages.report import figure_png
+from tlsweep.sweep import depth
 from tlsweep.tracking.record import COLUMNS, RunRecord
 
 SPLIT_COLUMNS = ("train_accuracy", "val_accuracy", "test_accuracy")
@@ -138,15 +139,18 @@ def _protocol(row) -> str:
 
 
 def summary_files(table: pd.DataFrame, records: Sequence[RunRecord] = ()) -> dict[str, str | bytes]:
-    """The comparison as files: the tables as CSV and markdown, the selection, and the plots as PNG."""
+    """The comparison as files: the tables as CSV and markdown, the selection, the plots as PNG, and the
+    linear CKA between the sweep's cuts (read from the feature cache)."""
     if table.empty:
         return {}
-    figures = {**accuracy_vs_layer(table), **val_accuracy_vs_C(table), **class_recall_vs_layer(table, records)}
+    figures = {**accuracy_vs_layer(table), **val_accuracy_vs_C(table), **class_recall_vs_layer(table, records),
+               **depth.depth_profiles(table, PROTOCOL)}
     return {
         "comparison.csv": table.to_csv(index=False),
         "comparison.md": to_markdown(table),
         SELECTION: selection_markdown(*selection(table)),
         **{name: figure_png(figure) for name, figure in figures.items()},
+        **depth.cka_files(records),
     }
 
 

@@ -11,7 +11,9 @@ This module does not import mlflow: `tracking.store` moves payloads in and out o
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import traceback
 import typing
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from tlsweep.config import TlsweepConfig
+from tlsweep.stages.pipeline import PipelineSpec, ProbePipeline
 from tlsweep.stages.report import SplitReport
 
 
@@ -43,6 +46,7 @@ class Tag:
     DATA_FINGERPRINT = "data.fingerprint"
     WEIGHTS_FINGERPRINT = "weights.fingerprint"
     SPLIT_DIGEST = "split.digest"  # the train, val (and few-shot) row indices, hashed
+    FEATURES_CACHE = "features.cache"  # the feature cache folder the job read: what the parent's CKA reads again
     BEST_LAYER = "best.layer"  # on a parent: the layer whose best configuration has the best mean val accuracy
     BEST_RUN_ID = "best.run_id"  # on a parent: that configuration's run with the best val accuracy
     NOTE = "mlflow.note.content"  # the run page's description: on a parent, the command and its answer
@@ -84,6 +88,7 @@ class Metric:
     N_ITER = "n_iter"
     CONVERGED = "converged"
     LAYER_INDEX = "layer_index"  # the cut's position in the backbone, input first
+    LAYER_DEPTH = "layer_depth"  # the cut's position over the last stage's: 0 at the input, 1 at the last stage
     TOTAL_SECONDS = "total_seconds"
 
     SEARCH_C = "search/C"  # one step per C tried by classifier.C=auto, ascending
@@ -106,6 +111,14 @@ class Artifact:
     SEARCH_PLOT = "search/val_accuracy_vs_C.png"
     SUMMARY_FOLDER = "summary"
     SELECTION = "selection.md"  # under SUMMARY_FOLDER
+    SKIPPED_IMAGES = "data/skipped_images.csv"  # data.skip_bad_images=true: id, reason of each file left out
+    PROBE_MODEL = "probe"  # the job's fitted probe, scikit-learn flavour (an MLflow logged model)
+    PIPELINE_MODEL = "model"  # raw images -> class names, pyfunc: the parent's best, or a job's (log_pipeline)
+
+    @staticmethod
+    def predictions(split: str) -> str:
+        """predictions/{split}.csv: id, true, predicted (class names), one row per image."""
+        return f"predictions/{split}.csv"
 
     @staticmethod
     def report(split: str, suffix: str) -> str:
@@ -135,6 +148,45 @@ def write_files(folder: Path, files: Files) -> None:
             target.write_text(content)
 
 
+def csv_text(header: Sequence[str], rows) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One split's data as a run input (MLflow's Dataset column): which images, from where, in what context."""
+
+    name: str
+    digest: str  # the data fingerprint
+    source: str  # a URL, a local path, or the Python call that loads it
+    source_type: str  # MLflow's: "http", "local" or "code"
+    context: str  # train, val or test
+    profile: Mapping[str, Any]
+    schema: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ProbeModel:
+    """What the `probe` model is saved from: the fitted probe, and how its features were made."""
+
+    estimator: Any  # sklearn Pipeline: normalisation, then the classifier
+    example_rows: Any  # float32 feature rows: the input example
+    spec: PipelineSpec
+    example_images: Any  # raw uint8 images of the data set, for the pipeline's input example
+
+
+@dataclass(frozen=True)
+class PipelineModel:
+    """What a `model` is saved from: the whole pipeline, raw images to class names."""
+
+    pipeline: ProbePipeline
+    example_images: Any
+
+
 @dataclass(frozen=True)
 class Payload:
     """What one call stores in a run."""
@@ -144,6 +196,8 @@ class Payload:
     series: Mapping[str, Sequence[float]] = field(default_factory=dict)  # metrics logged at steps 0, 1, ...
     tags: Mapping[str, str] = field(default_factory=dict)
     files: Files = field(default_factory=dict)
+    inputs: Sequence[DatasetRecord] = ()
+    models: Mapping[str, Union[ProbeModel, PipelineModel]] = field(default_factory=dict)  # logged model name ->
 
 
 @dataclass(frozen=True)
@@ -172,6 +226,21 @@ class JobResult:
     search_Cs: Sequence[float] = ()  # classifier.C=auto: every C tried, ascending
     search_val_accuracy: Sequence[float] = ()
     search_png: Optional[bytes] = None
+    labels: Sequence[int] = ()  # the data set's class indices, in the order of class_names
+    split_ids: Mapping[str, Sequence[str]] = field(default_factory=dict)  # split -> image ids, in report row order
+    skipped: Sequence[tuple] = ()  # (id, reason) of image files left out under data.skip_bad_images=true
+    datasets: Sequence[DatasetRecord] = ()
+    probe: Optional[ProbeModel] = None
+    pipeline: Optional[PipelineModel] = None  # tracking.log_pipeline=true
+    layer_depth: Optional[float] = None  # None for a model config that names no stages
+    cache_folder: str = ""
+
+    def predictions_csv(self, split: SplitReport) -> str:
+        names = dict(zip(self.labels, self.class_names))
+        ids = self.split_ids.get(split.split) or [""] * len(split.y_true)
+        return csv_text(("id", "true", "predicted"), ((image_id, names[int(true)], names[int(predicted)])
+                                                      for image_id, true, predicted in zip(ids, split.y_true,
+                                                                                           split.y_pred)))
 
     def metrics(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -194,6 +263,7 @@ class JobResult:
             Metric.N_ITER: self.n_iter,
             Metric.CONVERGED: float(self.converged),
             Metric.LAYER_INDEX: self.layer_index,
+            **({} if self.layer_depth is None else {Metric.LAYER_DEPTH: self.layer_depth}),
             Metric.TOTAL_SECONDS: self.total_seconds,
         })
         return metrics
@@ -217,10 +287,13 @@ class JobRecord:
         metrics: dict[str, float] = {}
         series: dict[str, list[float]] = {}
         files: dict[str, Union[str, bytes]] = {Artifact.CONFIG: self.config_yaml}
+        inputs: Sequence[DatasetRecord] = ()
+        models: dict = {}
         if self.result is not None:
             result = self.result
             tags.update({Tag.DATA_FINGERPRINT: result.data_fingerprint,
-                         Tag.WEIGHTS_FINGERPRINT: result.weights_fingerprint, Tag.SPLIT_DIGEST: result.split_digest})
+                         Tag.WEIGHTS_FINGERPRINT: result.weights_fingerprint, Tag.SPLIT_DIGEST: result.split_digest,
+                         **({Tag.FEATURES_CACHE: result.cache_folder} if result.cache_folder else {})})
             params.update({Param.FEATURE_DIM: result.feature_dim, Param.N_TRAIN: result.n_train,
                            Param.N_VAL: result.n_val, Param.N_TEST: result.n_test, Param.N_FIT: result.n_fit,
                            Param.SELECTED_C: result.selected_C})
@@ -231,15 +304,23 @@ class JobRecord:
             if result.search_png is not None:
                 files[Artifact.SEARCH_PLOT] = result.search_png
             for split in result.splits:
+                if len(split.y_true) and result.labels:
+                    files[Artifact.predictions(split.split)] = result.predictions_csv(split)
                 files[Artifact.report(split.split, "txt")] = split.text
                 files[Artifact.report(split.split, "json")] = json.dumps(split.table, indent=2)
                 files[Artifact.confusion(split.split)] = split.confusion_png
             if result.fit_warnings:
                 files[Artifact.FIT_WARNINGS] = "\n".join(result.fit_warnings) + "\n"
+            if result.skipped:
+                files[Artifact.SKIPPED_IMAGES] = csv_text(("id", "reason"), result.skipped)
+            inputs = result.datasets
+            models = {name: model for name, model in ((Artifact.PROBE_MODEL, result.probe),
+                                                      (Artifact.PIPELINE_MODEL, result.pipeline)) if model}
         if self.error is not None:
             tags[Tag.ERROR] = error_line(self.error)
             files[Artifact.ERROR] = "".join(traceback.format_exception(self.error))
-        return Payload(params=params, metrics=metrics, series=series, tags=tags, files=files)
+        return Payload(params=params, metrics=metrics, series=series, tags=tags, files=files, inputs=inputs,
+                       models=models)
 
 
 def error_line(error: BaseException) -> str:
@@ -269,6 +350,7 @@ class RunRecord:
     model: str
     layer: str
     layer_index: Optional[float]
+    layer_depth: Optional[float]
     classes: str
     classifier: str
     C: str  # as asked: a number, or auto
@@ -290,6 +372,8 @@ class RunRecord:
     error: str
     run_id: str
     test_recall: Mapping[str, float] = field(default_factory=dict, metadata={"column": False})  # per class
+    cache: str = field(default="", metadata={"column": False})  # Tag.FEATURES_CACHE
+    data_classes: str = field(default="", metadata={"column": False})  # the data.classes param: "[4, 5, 6]"
 
     @classmethod
     def parse(cls, run: StoredRun) -> "RunRecord":
@@ -304,6 +388,7 @@ class RunRecord:
             model=params[Param.MODEL],
             layer=params[Param.LAYER],
             layer_index=metrics.get(Metric.LAYER_INDEX),
+            layer_depth=metrics.get(Metric.LAYER_DEPTH),
             classes=tags.get(Tag.CLASSES, params.get("data.classes", "")),
             classifier=params[Param.CLASSIFIER],
             C=C if C == "auto" else f"{float(C):g}",
@@ -326,6 +411,8 @@ class RunRecord:
             run_id=run.run_id,
             test_recall={key.removeprefix(_TEST_RECALL): value for key, value in metrics.items()
                          if key.startswith(_TEST_RECALL)},
+            cache=tags.get(Tag.FEATURES_CACHE, ""),
+            data_classes=params.get("data.classes", ""),
         )
 
 

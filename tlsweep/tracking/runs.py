@@ -9,14 +9,17 @@ so the next command, on this host or any other, can tell a run whose process die
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 
 from tlsweep import provenance
 from tlsweep.errors import ConfigError
-from tlsweep.tracking import heartbeat
-from tlsweep.tracking.record import Kind, Payload, RunRecord, StoredRun, Tag
+from tlsweep.stages.pipeline import ProbePipeline
+from tlsweep.tracking import heartbeat, models
+from tlsweep.tracking.record import Artifact, Kind, Payload, PipelineModel, RunRecord, StoredRun, Tag
 from tlsweep.tracking.store import FAILED, FINISHED, KILLED, Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,24 @@ def log_job(store: Store, *, experiment_id: str, run_name: str, payload: Payload
         raise
     store.end(run_id, FAILED if failed else FINISHED)
     return run_id
+
+
+def log_best_pipeline(store: Store, parent_run_id: str, *, best_run_id: str) -> bool:
+    """Log, on a sweep's parent, the whole pipeline of its best configuration as model `model`.
+
+    It is rebuilt from that run's `probe` model (the fitted probe and how its features were made) and the
+    same backbone weights. Returns False, with a warning, for a run that logged no probe (a run resumed from
+    before tlsweep logged them).
+    """
+    if not store.has_model(best_run_id, Artifact.PROBE_MODEL):
+        log.warning("best run %s logged no probe model, so the sweep logs no pipeline model", best_run_id)
+        return False
+    with tempfile.TemporaryDirectory(prefix="tlsweep-probe-") as folder:
+        probe, spec, examples = models.load_probe(store.download_model(best_run_id, Artifact.PROBE_MODEL,
+                                                                       Path(folder)))
+    pipeline = ProbePipeline.build(spec=spec, probe=probe)
+    store.write(parent_run_id, Payload(models={Artifact.PIPELINE_MODEL: PipelineModel(pipeline, examples)}))
+    return True
 
 
 def start_parent(store: Store, *, experiment_id: str, run_name: str, kind: str, tags: dict[str, str]) -> str:

@@ -7,6 +7,8 @@ process to touch a new SQLite file creates its schema under a file lock while th
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import tempfile
 import time
@@ -15,15 +17,18 @@ import urllib.request
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from filelock import FileLock
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import (Dataset, DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric, Param,
+                              RunStatus, RunTag)
+from mlflow.artifacts import download_artifacts
 from mlflow.environment_variables import MLFLOW_TRACKING_USERNAME
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tlsweep.errors import ConfigError
+from tlsweep.tracking import models
 from tlsweep.tracking.record import Payload, StoredRun, write_files
 
 log = logging.getLogger(__name__)
@@ -95,7 +100,8 @@ class Store:
         return run.info.run_id
 
     def write(self, run_id: str, payload: Payload, *, under: Optional[str] = None) -> None:
-        """Store params, metrics and tags in one batch, and the files as artifacts (below `under`)."""
+        """Store params, metrics and tags in one batch, the files as artifacts (below `under`), then the
+        datasets as the run's inputs and the models as logged models linked to it."""
         now = int(time.time() * 1000)
         metrics = [Metric(key, float(value), now, 0) for key, value in payload.metrics.items()]
         metrics += [Metric(key, float(value), now, step) for key, values in payload.series.items()
@@ -112,6 +118,47 @@ class Store:
             with tempfile.TemporaryDirectory(prefix="tlsweep-artifacts-") as folder:
                 write_files(Path(folder), payload.files)
                 self.client.log_artifacts(run_id, folder, under)
+        if payload.inputs:
+            self.log_datasets(run_id, payload.inputs)
+        for name, model in payload.models.items():
+            self.log_model(run_id, name=name, save=functools.partial(models.save, model=model))
+
+    def log_model(self, run_id: str, *, name: str, save: Callable[[Path], None]) -> str:
+        """An MLflow model `name` made by `save(folder)`, linked to its run (runs:/<run id>/<name>); its id.
+
+        The model is READY once uploaded, FAILED if saving or uploading fails (and the error goes on).
+        """
+        with self._refusals(run_id=run_id):
+            model = self.client.create_logged_model(self.experiment_of(run_id), name=name, source_run_id=run_id)
+        try:
+            with tempfile.TemporaryDirectory(prefix="tlsweep-model-") as folder:
+                save(Path(folder) / name)
+                self.client.log_model_artifacts(model.model_id, str(Path(folder) / name))
+            self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return model.model_id
+
+    def has_model(self, run_id: str, name: str) -> bool:
+        """Whether run `run_id` logged a model called `name`."""
+        found = self.client.search_logged_models([self.experiment_of(run_id)], filter_string=f"name = '{name}'")
+        return any(model.source_run_id == run_id for model in found)
+
+    def download_model(self, run_id: str, name: str, target: Path) -> Path:
+        """The files of model `name` logged by run `run_id`, downloaded under `target`."""
+        return Path(download_artifacts(artifact_uri=f"runs:/{run_id}/{name}", dst_path=str(target),
+                                       tracking_uri=self.uri))
+
+    def log_datasets(self, run_id: str, datasets: Sequence) -> None:
+        """Each `record.DatasetRecord` as an input of the run (MLflow's Dataset column), with its context."""
+        inputs = [DatasetInput(Dataset(name=item.name, digest=item.digest, source_type=item.source_type,
+                                       source=json.dumps({"uri": item.source}), schema=item.schema,
+                                       profile=json.dumps(item.profile)),
+                               tags=[InputTag("mlflow.data.context", item.context)]) for item in datasets]
+        with self._refusals(run_id=run_id):
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         with self._refusals(run_id=run_id):

@@ -1,0 +1,100 @@
+"""Depth profiles: `layer=stages` across two backbones in one command, layer_depth, the parent's figures and CKA."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+MODELS = ("vgg16", "mobilenet_v2")
+
+
+@pytest.fixture(scope="module")
+def stage_sweep(tmp_path_factory, cifar_writer, cli, tiny):
+    """`-m model=vgg16,mobilenet_v2 layer=stages` on tiny CIFAR-10 files: (client, parent, children)."""
+    work = tmp_path_factory.mktemp("depth")
+    data = cifar_writer(work / "data")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    result = cli("-m", f"model={','.join(MODELS)}", "layer=stages", f"data.path={data}", "data.classes=[4,5,6]",
+                 *tiny, cwd=work, env={"MLFLOW_TRACKING_URI": uri, "TLSWEEP_CACHE_DIR": str(work / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tlsweep").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`tlsweep.kind` = 'sweep'")
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  order_by=["attributes.start_time ASC"])
+    return client, parent, children
+
+
+def _stages(compose, model: str) -> list[str]:
+    return list(compose([f"model={model}"]).model.stages)
+
+
+def test_one_child_per_model_and_stage_from_one_cnn_pass_per_model(stage_sweep, compose):
+    _, _, children = stage_sweep
+    for model in MODELS:
+        runs = [run for run in children if run.data.params["model.name"] == model]
+        assert [run.data.params["layer"] for run in runs] == _stages(compose, model)
+        assert all(run.info.status == "FINISHED" for run in runs)
+        passes = [run.data.metrics["cnn_forward_images"] for run in runs]
+        assert passes[0] > 0 and passes[1:] == [0] * (len(runs) - 1)  # the first stage filled the cache for all
+
+
+def test_each_child_logs_its_layer_depth_from_0_to_1(stage_sweep):
+    _, _, children = stage_sweep
+    for model in MODELS:
+        depths = [run.data.metrics["layer_depth"] for run in children if run.data.params["model.name"] == model]
+        assert all(0 < d for d in depths) and depths == sorted(depths) and len(set(depths)) == len(depths)
+        assert depths[-1] == 1.0
+
+
+def test_the_parent_plots_accuracy_by_depth_and_logs_cka_within_and_between_models(stage_sweep, compose):
+    client, parent, _ = stage_sweep
+    run_id = parent.info.run_id
+    artifacts = {item.path for item in client.list_artifacts(run_id, "summary")}
+    assert "summary/depth_profile-bird_cat_deer.png" in artifacts or any(
+        path.startswith("summary/depth_profile-") and path.endswith(".png") for path in artifacts)
+    for model in MODELS:
+        assert f"summary/cka-{model}.png" in artifacts
+        matrix = pd.read_csv(io.StringIO(Path(client.download_artifacts(run_id, f"summary/cka-{model}.csv"))
+                                         .read_text()), index_col=0)
+        stages = _stages(compose, model)
+        assert list(matrix.index) == stages and list(matrix.columns) == stages
+        values = matrix.to_numpy()
+        np.testing.assert_allclose(values, values.T, atol=1e-9)
+        np.testing.assert_allclose(np.diag(values), 1.0, atol=1e-9)
+        assert np.all((values > -1e-9) & (values < 1 + 1e-9))
+    between = pd.read_csv(io.StringIO(Path(client.download_artifacts(
+        run_id, "summary/cka-mobilenet_v2-vs-vgg16.csv")).read_text()), index_col=0)
+    assert between.shape == (len(_stages(compose, "mobilenet_v2")), len(_stages(compose, "vgg16")))
+
+
+def test_layer_stages_without_stages_in_the_model_config_is_one_line(isolated, cifar_dir, cli, tiny):
+    result = cli("layer=stages", "model.stages=[]", f"data.path={cifar_dir}", *tiny, cwd=isolated)
+    assert result.returncode == 1
+    output = result.stderr.splitlines() + result.stdout.splitlines()
+    lines = [line for line in output if "layer=stages needs model.stages" in line]
+    assert len(lines) == 1 and "model=vgg16" in lines[0]
+    assert not [line for line in output if "Warning" in line], output
+
+
+def test_a_stage_that_would_not_fit_in_memory_is_refused_with_grid_pooling_suggested(compose, cifar_dir,
+                                                                                     monkeypatch, caplog):
+    from tlsweep import layers
+    from tlsweep.errors import ConfigError
+
+    cfg = compose(["layer=stages", f"data.path={cifar_dir}", "model.weights=null"])
+    stages = list(cfg.model.stages)
+    budget = 30000 * 12000 * 28  # 30000 training images: between block2_pool's 8192 features and block1_pool's 16384
+    monkeypatch.setattr(layers, "machine_memory", lambda: budget)
+    with pytest.raises(ConfigError, match=r"stage block1_pool of vgg16 gives 16384 features .* features\.pooling=grid"):
+        layers.check_stage_memory(cfg, stages)
+    layers.check_stage_memory(compose(["layer=stages", f"data.path={cifar_dir}", "features.pooling=grid"]), stages)
+    monkeypatch.setattr(layers, "machine_memory", lambda: 30000 * 16384 * 28 * 1.5)  # block1_pool: over half
+    with caplog.at_level("WARNING", logger="tlsweep.layers"):
+        layers.check_stage_memory(cfg, stages)
+    assert "block1_pool" in caplog.text and "over half" in caplog.text

@@ -1,0 +1,109 @@
+"""Linear CKA (Kornblith et al. 2019, "Similarity of Neural Network Representations Revisited").
+
+It says how alike two layers' features are on the same images, whatever their widths: 1 for features equal
+up to an orthogonal transform and a scale, near 0 for unrelated ones. It reads cached features; no CNN runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+CHUNK_BYTES = 64 << 20  # float64 columns converted at a time, so a wide float32 layer is never copied whole
+
+
+def _rows(features: np.ndarray, *, what: str) -> np.ndarray:
+    """A 2-D (n, d) view of one layer's features: a feature map (n, H, W, C) is flattened per image."""
+    features = np.asarray(features)
+    if features.ndim < 2 or features.shape[0] == 0:
+        raise ValueError(f"{what} should be features with one row per image, (n, d) or (n, H, W, C); "
+                         f"received an array of shape {features.shape}")
+    return features.reshape(features.shape[0], -1)
+
+
+def centered_gram(features: np.ndarray) -> np.ndarray:
+    """The n x n Gram matrix of the column-centred features, accumulated in float64.
+
+    Columns are centred and converted a chunk at a time, so memory is n x n plus one chunk, not a float64
+    copy of a wide layer.
+    """
+    x = _rows(features, what="features")
+    n, d = x.shape
+    gram = np.zeros((n, n), dtype=np.float64)
+    step = max(1, CHUNK_BYTES // (8 * n))
+    for start in range(0, d, step):
+        chunk = x[:, start:start + step].astype(np.float64)
+        chunk -= chunk.mean(axis=0)
+        gram += chunk @ chunk.T
+    return gram
+
+
+def _normalized_gram(features: np.ndarray) -> Optional[np.ndarray]:
+    """The centred Gram matrix scaled to unit Frobenius norm; None for features that do not vary."""
+    gram = centered_gram(features)
+    norm = np.linalg.norm(gram)
+    return gram / norm if norm > 0 else None
+
+
+def _cka_of_grams(k: Optional[np.ndarray], l: Optional[np.ndarray]) -> float:
+    return float("nan") if k is None or l is None else float(np.vdot(k, l))
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA between two layers' features on the same n images (row i of both is image i).
+
+    With centred X (n x d1) and Y (n x d2), CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F), which equals
+    <K, L>_F / (||K||_F ||L||_F) for the Gram matrices K = X X^T and L = Y Y^T. The cheaper of the two is
+    computed: the n x n Gram matrices when there are fewer images than features (early CNN layers), the
+    d x d products otherwise. Sums are in float64. NaN when either layer's features do not vary.
+    """
+    x, y = _rows(x, what="x"), _rows(y, what="y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y should have one row per image, the same images; received {x.shape[0]} "
+                         f"rows in x and {y.shape[0]} in y")
+    n, d1, d2 = x.shape[0], x.shape[1], y.shape[1]
+    if n * (d1 + d2) < d1 * d1 + d2 * d2 + d1 * d2:  # multiply-adds of the Gram route vs the feature route
+        return _cka_of_grams(_normalized_gram(x), _normalized_gram(y))
+    xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+    yc = y.astype(np.float64) - y.mean(axis=0, dtype=np.float64)
+    scale = np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc)
+    return float(np.linalg.norm(yc.T @ xc) ** 2 / scale) if scale > 0 else float("nan")
+
+
+def cka_matrix(a: Sequence[np.ndarray], b: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
+    """Linear CKA between every layer in `a` (rows) and every layer in `b` (columns), on the same images.
+
+    With `b` None it compares `a` with itself: symmetric, with ones on the diagonal (NaN for a layer whose
+    features do not vary). Each layer's n x n Gram matrix is built once, so keep n to a few thousand rows
+    (`subsample_rows`): each takes n^2 x 8 bytes.
+    """
+    if not a or (b is not None and not b):
+        raise ValueError(f"a and b should each hold at least one layer's features; received {len(a)} in a"
+                         + ("" if b is None else f" and {len(b)} in b"))
+    rows = {_rows(features, what="each layer's features").shape[0] for features in [*a, *(b or [])]}
+    if len(rows) > 1:
+        raise ValueError(f"every layer's features should have a row per image, the same images; received "
+                         f"row counts {sorted(rows)}")
+    grams_a = [_normalized_gram(features) for features in a]
+    if b is None:
+        result = np.eye(len(a))
+        for i, j in ((i, j) for i in range(len(a)) for j in range(i + 1, len(a))):
+            result[i, j] = result[j, i] = _cka_of_grams(grams_a[i], grams_a[j])
+        for i, gram in enumerate(grams_a):
+            if gram is None:
+                result[i, i] = math.nan
+        return result
+    grams_b = [_normalized_gram(features) for features in b]
+    return np.array([[_cka_of_grams(k, l) for l in grams_b] for k in grams_a])
+
+
+def subsample_rows(n: int, *, max_rows: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most `max_rows` of `n` rows, the same for the same seed: CKA on a subsample costs
+    seconds, and every layer compared must use the same rows."""
+    if n < 0 or max_rows < 1:
+        raise ValueError(f"n should be >= 0 and max_rows >= 1; received n={n}, max_rows={max_rows}")
+    if n <= max_rows:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
