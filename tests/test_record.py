@@ -13,6 +13,7 @@ from tlsweep.config import TlsweepConfig
 from tlsweep.stages import report
 from tlsweep.sweep import summary
 from tlsweep.tracking import record
+from tlsweep.tracking.payload import Payload
 from tlsweep.tracking.record import COLUMNS, JobResult, RecordError, RunRecord, StoredRun
 
 
@@ -33,7 +34,7 @@ def job_result() -> JobResult:
                      layer_depth=0.75, cache_folder="/cache/vgg16-0123")
 
 
-def _stored(payload: record.Payload, status: str = "FINISHED") -> StoredRun:
+def _stored(payload: Payload, status: str = "FINISHED") -> StoredRun:
     """The run as the store hands it back: params and tags as strings."""
     return StoredRun(run_id="r1", status=status, start_time=0,
                      params={key: str(value) for key, value in payload.params.items()},

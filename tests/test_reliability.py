@@ -238,7 +238,7 @@ WORKER = textwrap.dedent("""
     import sys
     import time
     from tlsweep.tracking import runs
-    from tlsweep.tracking.record import Payload
+    from tlsweep.tracking.payload import Payload
     uri, worker, n_runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     store, experiment_id = runs.connect(uri, "parallel")  # the first one creates the schema, under a lock
     for i in range(n_runs):

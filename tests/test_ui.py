@@ -134,6 +134,18 @@ def test_ui_shows_the_sweep_its_nested_children_and_the_comparison_plot(isolated
                 (By.XPATH, f"//div[@role='columnheader']//*[normalize-space(text())='{column}']")))
         _widen_run_names(chrome, wait)
         _screenshot(chrome, "experiment-runs.png", shots)
+        # each child's datasets (train, val and test) and logged models fill the Dataset and Models columns
+        chrome.execute_script("localStorage.setItem(arguments[0], arguments[1]);",
+                              f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactComponentState',
+                              json.dumps({"selectedColumns": ["attributes.`Dataset`", "attributes.`Models`"]}))
+        chrome.refresh()
+        link = wait.until(EC.visibility_of_element_located(
+            (By.XPATH, f"//div[@role='row']//a[normalize-space(.)='{PARENT_NAME}']")))
+        link.find_element(By.XPATH, "./ancestor::div[@role='row']").find_element(
+            By.XPATH, ".//div[@col-id='attributes.`Run Name`']//button").click()
+        for text in ("cifar10 train", "probe"):
+            wait.until(EC.visibility_of_element_located(
+                (By.XPATH, f"//div[@role='row']//*[contains(normalize-space(text()), '{text}')]")))
 
         # The parent's artifacts: open summary/, then the comparison plot, as a person clicks them.
         _viewport(chrome, 1440, 720)

@@ -32,8 +32,8 @@ from tlsweep.stages.pipeline import PipelineSpec, ProbePipeline
 from tlsweep.sweep import context
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
-from tlsweep.tracking.record import (DatasetRecord, JobRecord, JobResult, PipelineModel, ProbeModel, Tag,
-                                     error_line)
+from tlsweep.tracking.payload import DatasetRecord, PipelineModel, ProbeModel
+from tlsweep.tracking.record import JobRecord, JobResult, Tag, error_line
 from tlsweep.tracking.store import Store
 from tlsweep.validate import stale_after_seconds, validate
 

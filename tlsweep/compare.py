@@ -22,7 +22,8 @@ from tlsweep.config import default_tracking_uri
 from tlsweep.errors import ConfigError, TlsweepError
 from tlsweep.sweep import summary
 from tlsweep.tracking import runs
-from tlsweep.tracking.record import Artifact, Kind, Payload, RunRecord, StoredRun, Tag, write_files
+from tlsweep.tracking.payload import Payload, write_files
+from tlsweep.tracking.record import Artifact, Kind, RunRecord, StoredRun, Tag
 from tlsweep.tracking.store import Store
 
 log = logging.getLogger("tlsweep.compare")

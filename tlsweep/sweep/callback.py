@@ -24,7 +24,8 @@ from tlsweep.errors import TlsweepError
 from tlsweep.sweep import context, summary
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
-from tlsweep.tracking.record import Artifact, Kind, Payload, RunRecord, Tag, error_line
+from tlsweep.tracking.payload import Payload
+from tlsweep.tracking.record import Artifact, Kind, RunRecord, Tag, error_line
 from tlsweep.tracking.heartbeat import Heartbeat, interval_for
 from tlsweep.tracking.store import Store
 from tlsweep.validate import stale_after_seconds

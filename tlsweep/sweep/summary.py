@@ -1,7 +1,7 @@
 """The sweep view: the comparison of its job runs, the configuration chosen on validation, and the plots.
 
 `summary_files` builds it once, as `{path: text or PNG bytes}`; MLflow (`Store.write`) and a folder
-(`record.write_files`) are two sinks of the same mapping.
+(`payload.write_files`) are two sinks of the same mapping.
 
 A configuration is everything a run was asked for except its seed; runs that differ only in seed are
 repeats, shown as mean and standard deviation. Every choice (the best configuration of a layer, the best

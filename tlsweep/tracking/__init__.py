@@ -1,4 +1,6 @@
-"""What talks to MLflow: the store and its runs, and the run record that names what a run carries.
+"""What talks to MLflow: the store and its runs, the run record that names what a run carries, and the
+payloads and models written into runs.
 
-Only `store` imports mlflow; the others go through it.
+Only `store` and `models` (with `pyfunc_model`, the code of a logged pipeline) import mlflow; the others go
+through them.
 """

@@ -25,7 +25,7 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 
 import tlsweep
 from tlsweep.stages.pipeline import PipelineSpec, ProbePipeline
-from tlsweep.tracking import record
+from tlsweep.tracking import payload
 
 PROBE, PIPELINE = "probe", "model"  # logged model names: runs:/<run id>/probe, runs:/<run id>/model
 SPEC_FILE, EXAMPLE_FILE = "pipeline.json", "example_images.npy"  # beside the probe's MLmodel
@@ -87,8 +87,8 @@ def save_pipeline(target: Path, *, pipeline: ProbePipeline, example_images: np.n
 
 
 def save(target: Path, *, model) -> None:
-    """Save a `record.ProbeModel` or `record.PipelineModel` as its MLflow model."""
-    if isinstance(model, record.ProbeModel):
+    """Save a `payload.ProbeModel` or `payload.PipelineModel` as its MLflow model."""
+    if isinstance(model, payload.ProbeModel):
         save_probe(target, estimator=model.estimator, example_rows=model.example_rows, spec=model.spec,
                    example_images=model.example_images)
     else:

@@ -19,7 +19,8 @@ from tlsweep import provenance
 from tlsweep.errors import ConfigError
 from tlsweep.stages.pipeline import ProbePipeline
 from tlsweep.tracking import heartbeat, models
-from tlsweep.tracking.record import Artifact, Kind, Payload, PipelineModel, RunRecord, StoredRun, Tag
+from tlsweep.tracking.payload import Payload, PipelineModel
+from tlsweep.tracking.record import Artifact, Kind, RunRecord, StoredRun, Tag
 from tlsweep.tracking.store import FAILED, FINISHED, KILLED, Store
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,8 @@ from mlflow.tracking import MlflowClient
 
 from tlsweep.errors import ConfigError
 from tlsweep.tracking import models
-from tlsweep.tracking.record import Payload, StoredRun, write_files
+from tlsweep.tracking.payload import Payload, write_files
+from tlsweep.tracking.record import StoredRun
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class Store:
                                        tracking_uri=self.uri))
 
     def log_datasets(self, run_id: str, datasets: Sequence) -> None:
-        """Each `record.DatasetRecord` as an input of the run (MLflow's Dataset column), with its context."""
+        """Each `payload.DatasetRecord` as an input of the run (MLflow's Dataset column), with its context."""
         inputs = [DatasetInput(Dataset(name=item.name, digest=item.digest, source_type=item.source_type,
                                        source=json.dumps({"uri": item.source}), schema=item.schema,
                                        profile=json.dumps(item.profile)),
