@@ -22,7 +22,23 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
 
-class LbfgsSVC(ClassifierMixin, BaseEstimator):
+class OneVsRestLinear(ClassifierMixin, BaseEstimator):
+    """Prediction of a fitted one-vs-rest linear model: `coef_` (k, n_features), `intercept_` (k,), `classes_`."""
+
+    def decision_function(self, X) -> np.ndarray:
+        """Signed distance to each one-vs-rest hyperplane; one column (raveled) for two classes."""
+        check_is_fitted(self)
+        X = check_array(X, dtype=[np.float32, np.float64])
+        scores = X @ self.coef_.T + self.intercept_
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict(self, X) -> np.ndarray:
+        scores = self.decision_function(X)
+        indices = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+        return self.classes_[indices]
+
+
+class LbfgsSVC(OneVsRestLinear):
     """Squared-hinge linear SVM (one-vs-rest) fitted by L-BFGS without copying X."""
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4, warm_start: bool = False):
@@ -74,15 +90,3 @@ class LbfgsSVC(ClassifierMixin, BaseEstimator):
                 ConvergenceWarning,
             )
         return self
-
-    def decision_function(self, X) -> np.ndarray:
-        """Signed distance to each one-vs-rest hyperplane; one column (raveled) for two classes."""
-        check_is_fitted(self)
-        X = check_array(X, dtype=[np.float32, np.float64])
-        scores = X @ self.coef_.T + self.intercept_
-        return scores.ravel() if scores.shape[1] == 1 else scores
-
-    def predict(self, X) -> np.ndarray:
-        scores = self.decision_function(X)
-        indices = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
-        return self.classes_[indices]

@@ -17,10 +17,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from sklearn.utils.validation import check_X_y
+
+from tlsweep.stages.lbfgs_svc import OneVsRestLinear
 
 # liblinear's tron.cpp constants: step acceptance (eta), trust-region updates (sigma), CG's relative tolerance
 ETA0, ETA1, ETA2 = 1e-4, 0.25, 0.75
@@ -28,7 +29,7 @@ SIGMA1, SIGMA2, SIGMA3 = 0.25, 0.5, 4.0
 CG_TOL = 0.1
 
 
-class NewtonSVC(ClassifierMixin, BaseEstimator):
+class NewtonSVC(OneVsRestLinear):
     """Squared-hinge linear SVM (one-vs-rest), liblinear's primal problem and stopping rule, warm-startable.
 
     `tol` means what it means for `LinearSVC(dual=False)`: class c stops once its gradient norm has fallen
@@ -62,18 +63,6 @@ class NewtonSVC(ClassifierMixin, BaseEstimator):
             warnings.warn(f"trust-region Newton did not converge in {n_iter} iterations; increase classifier.max_iter",
                           ConvergenceWarning)
         return self
-
-    def decision_function(self, X) -> np.ndarray:
-        """Signed distance to each one-vs-rest hyperplane; one column (raveled) for two classes."""
-        check_is_fitted(self)
-        X = check_array(X, dtype=[np.float32, np.float64])
-        scores = X @ self.coef_.T + self.intercept_
-        return scores.ravel() if scores.shape[1] == 1 else scores
-
-    def predict(self, X) -> np.ndarray:
-        scores = self.decision_function(X)
-        indices = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
-        return self.classes_[indices]
 
 
 def squared_hinge_objective(X: np.ndarray, Y: np.ndarray, W: np.ndarray, C: float) -> np.ndarray:

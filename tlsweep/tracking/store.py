@@ -35,6 +35,7 @@ from tlsweep.tracking.record import StoredRun
 log = logging.getLogger(__name__)
 
 SEARCH_LIMIT = 50000
+DATASET_ATTEMPTS = 3
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
 
@@ -158,8 +159,17 @@ class Store:
                                        source=json.dumps({"uri": item.source}), schema=item.schema,
                                        profile=json.dumps(item.profile)),
                                tags=[InputTag("mlflow.data.context", item.context)]) for item in datasets]
-        with self._refusals(run_id=run_id):
-            self.client.log_inputs(run_id, datasets=inputs)
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                with self._refusals(run_id=run_id):
+                    self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except MlflowException:
+                # another process logged the same dataset (name, digest) into the experiment between the
+                # store's check and its insert (a unique-key race, seen on PostgreSQL): the retry reuses it
+                if attempt == DATASET_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         with self._refusals(run_id=run_id):
