@@ -17,7 +17,6 @@ benchmarks/results/depth_profile.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from benchmarks.cifar_like import write_cifar_like
-from benchmarks.run import HERE, fresh, machine, tlsweep
+from benchmarks.run import HERE, fresh, machine, tlsweep, write_results
 from tlsweep.sweep.depth import cka_files
 from tlsweep.tracking import runs
 from tlsweep.tracking.record import Artifact, Kind, Metric, RunRecord, StoredRun, Tag
@@ -175,10 +174,7 @@ def main() -> None:
             results["figures"] = copy_figures(summary_folder(store, parent_run_id, Path(folder)),
                                               args.figures.resolve())
         log.info("figures copied into %s: %s", args.figures, results["figures"])
-    (out / "depth_profile.json").write_text(json.dumps(results, indent=2, default=str))
-    text = report(results)
-    (out / "depth_profile.md").write_text(text)
-    print(text)
+    write_results(out, "depth_profile", results, report(results))
 
 
 if __name__ == "__main__":

@@ -118,6 +118,13 @@ def script_split(result: dict) -> dict:
             "peak_rss_bytes": result["peak_rss_bytes"], "images": body["images"], "layers": body["layers"]}
 
 
+def write_results(out: Path, stem: str, results: dict, text: str) -> None:
+    """`<stem>.json` (every figure) and `<stem>.md` (the report) under `out`; the report is printed too."""
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / f"{stem}.md").write_text(text)
+    print(text)
+
+
 def fresh(folder: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -321,10 +328,7 @@ def main() -> None:
         results["six"] = six_class(data_path, out, steps)
     if not args.skip_ten:
         results["ten"] = ten_class(data_path, out, args.ten_max_iter)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    text = report(results)
-    (out / "results.md").write_text(text)
-    print(text)
+    write_results(out, "results", results, report(results))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ from omegaconf import OmegaConf
 
 from tlsweep import layers, provenance
 from tlsweep.errors import ConfigError
-from tlsweep.stages import models
+from tlsweep.stages import model_stages, models
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {path.stem: OmegaConf.load(path) for path in sorted((ROOT / "conf" / "model").glob("*.yaml"))}
 
-# What a researcher would name, per family; the rules in models.STAGE_BLOCKS must find exactly these
+# What a researcher would name, per family; the rules in model_stages.STAGE_BLOCKS must find exactly these
 EXPECTED = {
     "vgg16": ["block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool"],
     "resnet50": ["conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"],
@@ -39,8 +39,8 @@ def test_every_model_config_lists_at_least_three_stages_from_its_familys_block_o
     assert set(CONFIGS) == set(models.backbones())
     for name, config in CONFIGS.items():
         stages = list(config.stages)
-        assert len(stages) >= models.MIN_STAGES and len(set(stages)) == len(stages), name
-        blocks = models.STAGE_BLOCKS[models.backbones()[name][0]]
+        assert len(stages) >= model_stages.MIN_STAGES and len(set(stages)) == len(stages), name
+        blocks = model_stages.STAGE_BLOCKS[models.backbones()[name][0]]
         assert all(re.fullmatch(blocks, layer) for layer in stages[:-1]), (name, stages)
         # the output ends the last stage; NASNetLarge's is unnamed and differs between builds (stage_layers)
         assert stages[-1] == config.default_layer or name == "nasnet_large", (name, stages)
@@ -49,33 +49,33 @@ def test_every_model_config_lists_at_least_three_stages_from_its_familys_block_o
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_the_families_stages_are_the_expected_layers_in_order(name):
     names = models.architecture_layer_names(name)
-    assert list(CONFIGS[name].stages) == EXPECTED[name] == list(models.stage_layers(name))
+    assert list(CONFIGS[name].stages) == EXPECTED[name] == list(model_stages.stage_layers(name))
     positions = [names.index(layer) for layer in EXPECTED[name]]
     assert positions == sorted(set(positions)) and EXPECTED[name][-1] == names[-1]
-    depths = [models.layer_depth(name, layer) for layer in EXPECTED[name]]
+    depths = [model_stages.layer_depth(name, layer) for layer in EXPECTED[name]]
     assert 0 < depths[0] and all(a < b for a, b in zip(depths, depths[1:])) and depths[-1] == 1.0
 
 
 def test_layer_depth_is_the_position_over_the_last_stages():
     names = models.architecture_layer_names("vgg16")  # 18 layers after the input; block5_pool is the last
-    assert models.layer_depth("vgg16", "block1_conv1") == pytest.approx(1 / 18)
-    assert models.layer_depth("vgg16", "block1_pool") == pytest.approx(3 / 18)
-    assert [models.layer_depth("vgg16", layer) for layer in names] == [i / 18 for i in range(1, 19)]
-    assert models.layer_depth("vgg16", "block5_pool", stages=["block1_pool", "block3_pool"]) == pytest.approx(18 / 10)
+    assert model_stages.layer_depth("vgg16", "block1_conv1") == pytest.approx(1 / 18)
+    assert model_stages.layer_depth("vgg16", "block1_pool") == pytest.approx(3 / 18)
+    assert [model_stages.layer_depth("vgg16", layer) for layer in names] == [i / 18 for i in range(1, 19)]
+    assert model_stages.layer_depth("vgg16", "block5_pool", stages=["block1_pool", "block3_pool"]) == pytest.approx(18 / 10)
     with pytest.raises(ConfigError, match="received layer='block9_pool'"):
-        models.layer_depth("vgg16", "block9_pool")
+        model_stages.layer_depth("vgg16", "block9_pool")
 
 
 def test_the_resolution_rule_skips_padding_squeeze_vectors_and_the_input_resolution():
     shapes = {"rescale": (8, 8, 3), "conv": (4, 4, 8), "pad": (5, 5, 8), "dw": (4, 4, 8), "se_squeeze": (8,),
               "se_reshape": (1, 1, 8), "se_excite": (4, 4, 8), "down": (2, 2, 16), "out": (2, 2, 32)}
-    assert models.resolution_ends(list(shapes), shapes, input_size=8) == ["se_excite", "out"]
+    assert model_stages.resolution_ends(list(shapes), shapes, input_size=8) == ["se_excite", "out"]
 
 
 def test_a_family_whose_names_stop_matching_falls_back_to_the_resolution_rule(monkeypatch, caplog):
-    monkeypatch.setitem(models.STAGE_BLOCKS, "vgg16", r"renamed_\d+")
-    with caplog.at_level(logging.WARNING, logger="tlsweep.stages.models"):
-        stages = models.stage_layers.__wrapped__("vgg16")  # uncached: the rule as patched
+    monkeypatch.setitem(model_stages.STAGE_BLOCKS, "vgg16", r"renamed_\d+")
+    with caplog.at_level(logging.WARNING, logger="tlsweep.stages.model_stages"):
+        stages = model_stages.stage_layers.__wrapped__("vgg16")  # uncached: the rule as patched
     assert stages == ("block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3", "block5_pool")
     assert "vgg16: only 1 stage(s) from its block names (renamed_\\d+)" in caplog.text
 
@@ -114,8 +114,8 @@ def test_every_config_is_current_and_its_stages_are_cuts_in_order_in_every_build
     spec.loader.exec_module(script)
     assert script.main(["--check"]) == 0
     for name, config in CONFIGS.items():
-        for names in (models.architecture_layer_names(name), list(models.architecture_shapes(name))):
+        for names in (models.architecture_layer_names(name), list(model_stages.architecture_shapes(name))):
             positions = [names.index(layer) for layer in config.stages]
             assert positions == sorted(set(positions)), name
-        depths = [models.layer_depth(name, layer) for layer in config.stages]
+        depths = [model_stages.layer_depth(name, layer) for layer in config.stages]
         assert all(0 < a < b for a, b in zip(depths, depths[1:])) and depths[-1] == 1.0, name

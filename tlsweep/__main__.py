@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlsweep import console, layers, preflight, provenance
 from tlsweep.config import TlsweepConfig, default_cache_dir, default_tracking_uri, register_configs
 from tlsweep.errors import ConfigError, TlsweepError
-from tlsweep.stages import cache, classify, data, features, models, report
+from tlsweep.stages import cache, classify, data, features, model_stages, models, report
 from tlsweep.stages.pipeline import PipelineSpec, ProbePipeline
 from tlsweep.sweep import context
 from tlsweep.sweep.context import SweepContext
@@ -174,7 +174,7 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers=()) -> JobResult:
                                 profile={"images": count, "classes": names})
                   for split, count in (("train", len(train_idx)), ("val", len(val_idx)), ("test", len(test.y)))],
         probe=probe, pipeline=pipeline, cache_folder=train.cache_folder,
-        layer_depth=models.depth_in(train.layers, config.layer, last_stage=config.model.stages[-1])
+        layer_depth=model_stages.depth_in(train.layers, config.layer, last_stage=config.model.stages[-1])
         if config.model.stages and config.model.stages[-1] in train.layers else None,
     )
 

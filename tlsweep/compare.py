@@ -12,7 +12,6 @@ import argparse
 import itertools
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 

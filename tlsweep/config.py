@@ -20,7 +20,7 @@ class ModelConfig:
     weights: Optional[str] = "imagenet"  # "imagenet", null (random init) or a path to a weights file
     default_layer: str = MISSING  # the cut used when `layer` is not given
     batch_size: int = 256  # images per forward pass during extraction
-    # the layers a researcher would cut at, input to output (stage_layers in tlsweep/stages/models.py)
+    # the layers a researcher would cut at, input to output (stage_layers in tlsweep/stages/model_stages.py)
     stages: List[str] = field(default_factory=list)
 
 

@@ -136,11 +136,11 @@ def stage_marks(model: str, stages: Sequence[str]) -> dict[str, str]:
 
     The stages are the config's model.stages, or the model's own (stage_layers) when the config names none.
     """
-    from tlsweep.stages import models
+    from tlsweep.stages import model_stages
 
-    stages = list(stages) or list(models.stage_layers(model))
+    stages = list(stages) or list(model_stages.stage_layers(model))
     return {layer: f"    ^ stage {number} of {len(stages)}, layer_depth "
-                   f"{models.layer_depth(model, layer, stages=stages):.2f}"
+                   f"{model_stages.layer_depth(model, layer, stages=stages):.2f}"
             for number, layer in enumerate(stages, start=1)}
 
 

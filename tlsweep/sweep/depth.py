@@ -89,11 +89,16 @@ def _stages(records: Sequence[RunRecord]) -> dict[tuple, list[RunRecord]]:
     return {key: sorted(cuts.values(), key=lambda r: r.layer_index) for key, cuts in found.items()}
 
 
-def _train_rows(folder: str, layer: str, classes: list[int], rows: np.ndarray) -> np.ndarray:
-    """Rows `rows` (class order) of a cut's cached train features, read class file by class file."""
+def _train_parts(folder: str, layer: str, classes: list[int]) -> list[np.ndarray]:
+    """A cut's cached train features, one memory-mapped array per class (checked once, as every load is)."""
     parts = FeatureCache.at(Path(folder)).load("train", layer, classes)
     if parts is None:
         raise FileNotFoundError(f"{folder} holds no train features of {layer} for classes {classes}")
+    return parts
+
+
+def _rows_of(parts: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Rows `rows` (class order) of per-class arrays, read class by class."""
     bounds = np.cumsum([0] + [len(part) for part in parts])
     return np.concatenate([np.asarray(part[rows[(rows >= lo) & (rows < hi)] - lo], dtype=np.float32)
                            for part, lo, hi in zip(parts, bounds[:-1], bounds[1:])])
@@ -130,9 +135,9 @@ def cka_files(records: Sequence[RunRecord], *, max_rows: int = MAX_ROWS, seed: i
             continue
         classes = [int(c) for c in ast.literal_eval(classes_text)]
         try:
-            n = sum(len(part) for part in FeatureCache.at(Path(folder)).load("train", cuts[0].layer, classes))
-            rows = cka.subsample_rows(n, max_rows=max_rows, seed=seed)
-            features[(model, classes_text)] = [_train_rows(folder, cut.layer, classes, rows) for cut in cuts]
+            parts = [_train_parts(folder, cut.layer, classes) for cut in cuts]
+            rows = cka.subsample_rows(sum(len(part) for part in parts[0]), max_rows=max_rows, seed=seed)
+            features[(model, classes_text)] = [_rows_of(cut_parts, rows) for cut_parts in parts]
         except (OSError, TypeError, ValueError) as err:  # the cache was cleared, or the sweep ran elsewhere
             log.warning("no CKA for %s: its cached features are not readable here (%s)", model, err)
             continue
