@@ -194,14 +194,16 @@ def save_image(rgb: np.ndarray, path: Path, mode: str = "RGB") -> Path:
 
 def _write_image_folder(root: Path, *, classes=tuple(FOLDER_COLOURS), per_class: int = 6,
                         kinds=(("png", "RGB"),), sizes=((32, 32),), seed: int = 0) -> Path:
-    """Write root/<class>/<i>.<ext> images: class c's pixels are FOLDER_COLOURS[c] plus noise; image i is saved as
-    kinds[i % len(kinds)] (extension, mode) at sizes[i % len(sizes)] (width, height). Returns root."""
+    """Write root/<class>/<i>.<ext> images: class c's pixels are FOLDER_COLOURS[c] (for another name, a colour of
+    its own) plus noise; image i is saved as kinds[i % len(kinds)] (extension, mode) at sizes[i % len(sizes)]
+    (width, height). Returns root."""
     rng = np.random.default_rng(seed)
-    for name in classes:
+    for number, name in enumerate(classes):
+        colour = FOLDER_COLOURS.get(name, ((number * 97) % 256, (number * 57 + 80) % 256, (255 - number * 73) % 256))
         for i in range(per_class):
             (ext, mode), (width, height) = kinds[i % len(kinds)], sizes[i % len(sizes)]
             noise = rng.integers(-20, 21, size=(height, width, 3))
-            rgb = np.clip(np.array(FOLDER_COLOURS[name]) + noise, 0, 255).astype(np.uint8)
+            rgb = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
             save_image(rgb, root / name / f"{i:02d}.{ext}", mode)
     return root
 

@@ -69,7 +69,7 @@ def test_an_input_below_the_models_minimum_is_one_line_naming_both_sizes(isolate
     assert str(err.value) == ("data.image_size should be at least 75x75 for inception_resnet_v2, its smallest "
                               "input; received data.image_size=74")
     with pytest.raises(ConfigError, match=r"at least 71x71 for xception, its smallest input; received "
-                                          r"data.image_size=32$"):  # CIFAR-10's own size, data.image_size=null
+                                          r"data.image_size=null, which keeps the 32x32 images of data=cifar10$"):
         run_job(compose([*tiny, f"data.path={cifar_dir}", "model=xception", "data.classes=[4,5]"]))
 
 
@@ -106,7 +106,7 @@ def test_a_whole_job_on_another_backbone_and_a_folder(isolated, image_folder_wri
 
 
 def run_job(cfg) -> float:
-    from tlsweep.__main__ import run
+    from tlsweep.job import run
 
     return run(cfg)
 

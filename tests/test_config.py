@@ -110,9 +110,9 @@ def test_the_original_studys_config_keeps_the_hash_its_runs_were_logged_with(com
     """Keys added later (pooling, normalisation, few-shot, folder data) are left out of the hash at the value
     runs had before them, so `resume=true` still finds those runs. The value is what the release before
     them computed for the default config."""
-    from tlsweep import provenance
+    from tlsweep import identity
 
     cfg = compose()
-    assert provenance.config_hash(OmegaConf.to_container(cfg, resolve=True)) == "ba0a6b6860eab86e"
+    assert identity.config_hash(OmegaConf.to_container(cfg, resolve=True)) == "ba0a6b6860eab86e"
     changed = compose(["features.pooling=grid"])
-    assert provenance.config_hash(OmegaConf.to_container(changed, resolve=True)) != "ba0a6b6860eab86e"
+    assert identity.config_hash(OmegaConf.to_container(changed, resolve=True)) != "ba0a6b6860eab86e"

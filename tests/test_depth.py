@@ -84,16 +84,21 @@ def test_layer_stages_without_stages_in_the_model_config_is_one_line(isolated, c
 
 def test_a_stage_that_would_not_fit_in_memory_is_refused_with_grid_pooling_suggested(compose, cifar_dir,
                                                                                      monkeypatch, caplog):
+    from omegaconf import OmegaConf
+
     from tlsweep import layers
     from tlsweep.errors import ConfigError
 
-    cfg = compose(["layer=stages", f"data.path={cifar_dir}", "model.weights=null"])
+    def typed(cfg):
+        return OmegaConf.to_object(cfg)
+
+    cfg = typed(compose(["layer=stages", f"data.path={cifar_dir}", "model.weights=null"]))
     stages = list(cfg.model.stages)
     budget = 30000 * 12000 * 28  # 30000 training images: between block2_pool's 8192 features and block1_pool's 16384
     monkeypatch.setattr(layers, "machine_memory", lambda: budget)
     with pytest.raises(ConfigError, match=r"stage block1_pool of vgg16 gives 16384 features .* features\.pooling=grid"):
         layers.check_stage_memory(cfg, stages)
-    layers.check_stage_memory(compose(["layer=stages", f"data.path={cifar_dir}", "features.pooling=grid"]), stages)
+    layers.check_stage_memory(typed(compose(["layer=stages", f"data.path={cifar_dir}", "features.pooling=grid"])), stages)
     monkeypatch.setattr(layers, "machine_memory", lambda: 30000 * 16384 * 28 * 1.5)  # block1_pool: over half
     with caplog.at_level("WARNING", logger="tlsweep.layers"):
         layers.check_stage_memory(cfg, stages)

@@ -50,10 +50,11 @@ def test_new_classes_only_run_the_cnn_on_their_own_images(dataset, tmp_path, ext
     assert more.cnn_images == 5 and more.X.shape == (15, 512)
 
 
-def test_unknown_layer_lists_the_valid_names(dataset, tmp_path, extract):
+def test_unknown_layer_names_the_closest_layers_and_the_command_that_lists_them(dataset, tmp_path, extract):
     with pytest.raises(ValueError, match=r"received layer='block9_pool'") as err:
         extract(dataset, tmp_path / "c", "block9_pool", [4, 5])
-    assert "block3_pool" in str(err.value) and "block5_conv3" in str(err.value)
+    assert "did you mean 'block1_pool'" in str(err.value) or "did you mean 'block5_pool'" in str(err.value)
+    assert "python -m tlsweep.layers model=vgg16" in str(err.value) and "block5_conv3" not in str(err.value)
 
 
 @pytest.mark.parametrize("name, layer", [("vgg19", "block4_pool"), ("resnet50", "conv4_block6_out"),

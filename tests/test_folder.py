@@ -105,7 +105,7 @@ def test_an_undecodable_image_stops_with_one_line_naming_it_or_is_skipped(tmp_pa
 def test_a_bad_image_stops_the_run_before_the_cnn(isolated, image_folder_writer, compose, experiment_runs):
     from mlflow.tracking import MlflowClient
 
-    from tlsweep.__main__ import run
+    from tlsweep.job import run
 
     root = image_folder_writer(isolated / "imgs")
     (root / "eel" / "03.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")

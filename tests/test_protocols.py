@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 
-from tlsweep.__main__ import run
+from tlsweep.job import run
 from tlsweep.config import _default_C_grid
 from tlsweep.stages import classify, features
 from tlsweep.sweep import summary

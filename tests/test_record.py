@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tlsweep.__main__ import _job_record
+from tlsweep.job import job_record
+from tlsweep import provenance
 from tlsweep.config import TlsweepConfig
 from tlsweep.stages import report
 from tlsweep.sweep import summary
@@ -44,7 +45,8 @@ def _stored(payload: Payload, status: str = "FINISHED") -> StoredRun:
 
 def test_what_a_job_writes_reads_back_into_every_comparison_column(compose, job_result):
     cfg = compose(["model.weights=null", "layer=block4_pool", "classifier.C=0.5", "data.classes=[4,5]"])
-    job = dataclasses.replace(_job_record(cfg), result=job_result)
+    started = job_record(cfg)  # as a job runs it: with the tags of the machine it runs on
+    job = dataclasses.replace(started, tags={**provenance.machine_tags(None), **started.tags}, result=job_result)
     parsed = RunRecord.parse(_stored(job.payload()))
     assert (parsed.model, parsed.layer, parsed.C, parsed.classes) == ("vgg16", "block4_pool", "0.5", "deer,dog")
     assert parsed.test_accuracy == job_result.accuracy("test") and parsed.layer_index == 14
@@ -53,7 +55,7 @@ def test_what_a_job_writes_reads_back_into_every_comparison_column(compose, job_
     rows = job.payload().files[record.Artifact.predictions("test")].splitlines()
     assert rows[0] == "id,true,predicted" and len(rows) == 41 and rows[1].startswith("test/0,deer,")
     table = summary.comparison_table([parsed])
-    assert list(table.columns) == list(COLUMNS)
+    assert list(summary.public(table).columns) == list(COLUMNS)
     empty = [column for column in COLUMNS if column != "error" and table[column].isna().any()]
     assert empty == []  # every column the job fills comes back filled
 
@@ -63,7 +65,7 @@ def test_a_failed_job_carries_its_config_error_and_traceback(compose):
     try:
         raise ValueError("classifier.C should be a positive number; received classifier.C=-1.0")
     except ValueError as err:
-        payload = dataclasses.replace(_job_record(cfg), error=err).payload()
+        payload = dataclasses.replace(job_record(cfg), error=err).payload()
     assert payload.tags[record.Tag.ERROR].startswith("ValueError: classifier.C should be")
     assert "Traceback" in payload.files[record.Artifact.ERROR] and record.Artifact.CONFIG in payload.files
     assert RunRecord.parse(_stored(payload, "FAILED")).error == payload.tags[record.Tag.ERROR]
@@ -71,7 +73,7 @@ def test_a_failed_job_carries_its_config_error_and_traceback(compose):
 
 @pytest.mark.parametrize("key", record.Param.CONFIG_KEYS)
 def test_a_run_without_a_config_key_is_an_error_not_an_empty_column(compose, job_result, key):
-    payload = dataclasses.replace(_job_record(compose()), result=job_result).payload()
+    payload = dataclasses.replace(job_record(compose()), result=job_result).payload()
     renamed = dataclasses.replace(payload, params={k: v for k, v in payload.params.items() if k != key} |
                                   {f"{key}_renamed": payload.params[key]})
     with pytest.raises(RecordError, match=key):

@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tlsweep.stages import cache, data, features
-from tlsweep.__main__ import run
+from tlsweep.job import run
 from tlsweep.errors import TlsweepError
 
 
@@ -74,7 +74,9 @@ def bad(tmp_path_factory, cifar_writer, cifar_archive_writer, free_port, tiny, c
 
 # (overrides, text the one line must hold: the key=value received and what is allowed)
 CASES = {
-    "unknown-layer": (["layer=not_a_layer"], ["received layer='not_a_layer'", "block3_pool", "block5_conv3"]),
+    "unknown-layer": (["layer=not_a_layer"], ["received layer='not_a_layer'", "python -m tlsweep.layers model=vgg16"]),
+    "mistyped-layer": (["layer=block3_pol"], ["received layer='block3_pol'", "did you mean 'block3_pool'",
+                                              "python -m tlsweep.layers model=vgg16"]),
     "class-out-of-range": (["data.classes=[4,12]"], ["received data.classes=[4, 12]", "0..9"]),
     "class-negative": (["data.classes=[-1,3]"], ["received data.classes=[-1, 3]", "0..9"]),
     "class-duplicates": (["data.classes=[4,4,5]"], ["received data.classes=[4, 4, 5]", "not repeat"]),
@@ -129,7 +131,7 @@ CASES = {
 
 
 # what only the data, the weights file or the cache can tell fails inside the job's run, which is then FAILED
-FAIL_INSIDE_THE_RUN = ("val-fraction-empties-", "data-", "weights-", "cache-under-a-file", "image-size-too-small",
+FAIL_INSIDE_THE_RUN = ("val-fraction-empties-", "data-", "weights-", "cache-under-a-file",
                        "train-per-class-above-the-data")
 
 

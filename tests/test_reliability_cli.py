@@ -23,7 +23,7 @@ def _lines_with(result, text: str) -> list[str]:
 
 CLI_CASES = {
     # fails its checks before any run is opened: one line, exit 1, nothing logged
-    "unknown-layer": (["layer=not_a_layer"], ["received layer='not_a_layer'", "block4_pool"]),
+    "unknown-layer": (["layer=not_a_layer"], ["received layer='not_a_layer'", "python -m tlsweep.layers model=vgg16"]),
     # fails in the sweep callback, before any run: nothing is logged anywhere
     "unreachable-server-sweep": (["-m", "layer=block4_pool,block5_pool", "tracking.uri=http://127.0.0.1:{port}"],
                                  ["tracking.uri='http://127.0.0.1:", "unreachable"]),
@@ -55,24 +55,27 @@ def test_schema_type_error_is_hydras_message_without_a_traceback(isolated, cli, 
 
 def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_it(isolated, cifar_dir, cli, tiny,
                                                                                    experiment_runs):
-    """joblib, 3 processes at once on a cold cache and a new store; one of the four jobs is bad."""
-    result = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", f"layer={','.join(LAYERS)},not_a_layer",
-                 f"data.path={cifar_dir}", *tiny, cwd=isolated)
+    """joblib, 3 processes at once on a cold cache and a new store; three of the six jobs fail inside their run
+    (a val share that leaves a class no val image is found from the labels, before the CNN)."""
+    result = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", f"layer={','.join(LAYERS)}",
+                 f"data.path={cifar_dir}", *tiny, "data.val_fraction=0.25,0.05", cwd=isolated)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
-    assert "database is locked" not in output
-    assert "1 of 4 jobs failed" in output
+    assert "database is locked" not in output and "Traceback" not in output
+    assert len(_lines_with(result, "3 of 6 jobs failed")) == 1
 
     client = MlflowClient()
     runs = experiment_runs(client)
     (parent,) = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
-    children = {r.data.params["layer"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
-    assert sorted(children) == sorted(LAYERS)  # the bad job failed its checks and opened no run
+    jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    children = {r.data.params["layer"]: r for r in jobs if r.data.params["data.val_fraction"] == "0.25"}
+    assert sorted(children) == sorted(LAYERS)
     assert all(children[layer].info.status == "FINISHED" for layer in LAYERS)
+    failed = [r for r in jobs if r.data.params["data.val_fraction"] == "0.05"]
+    assert len(failed) == 3 and all(r.info.status == "FAILED" for r in failed)
+    assert all("data.val_fraction should lie in" in r.data.tags["error"] for r in failed)
     assert parent.info.status == "FAILED"
-    (failed,) = [value for key, value in parent.data.tags.items() if key.startswith("tlsweep.failed.")]
-    assert failed.startswith("layer=not_a_layer") and "ConfigError: layer should be a layer of vgg16" in failed
-    assert len(_lines_with(result, f"failed: {failed}")) == 1
+    assert len(_lines_with(result, "failed: vgg16 layer=")) == 3
 
     # every image went through the CNN once: the other processes waited for the entry, then read it
     assert sum(children[layer].data.metrics["cnn_forward_images"] for layer in LAYERS) == 60 + 24

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tlsweep import layers, provenance
+from tlsweep import identity, layers
 from tlsweep.errors import ConfigError
 from tlsweep.stages import model_stages, models
 
@@ -85,10 +85,10 @@ def test_the_stages_leave_the_config_hash_unchanged(compose):
     config = compose()
     assert list(config.model.stages) == EXPECTED["vgg16"]
     resolved = OmegaConf.to_container(config, resolve=True)
-    assert provenance.config_hash(resolved) == "ba0a6b6860eab86e"
+    assert identity.config_hash(resolved) == "ba0a6b6860eab86e"
     fewer = OmegaConf.to_container(compose(["model.stages=[block2_pool,block5_pool]"]), resolve=True)
-    assert provenance.config_hash(fewer) == "ba0a6b6860eab86e"
-    assert provenance.config_hash(OmegaConf.to_container(compose(["layer=block4_pool"]), resolve=True)) != \
+    assert identity.config_hash(fewer) == "ba0a6b6860eab86e"
+    assert identity.config_hash(OmegaConf.to_container(compose(["layer=block4_pool"]), resolve=True)) != \
         "ba0a6b6860eab86e"
 
 

@@ -8,6 +8,7 @@ one of those notices: Python warnings and real errors still show. `TF_CPP_MIN_LO
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -15,6 +16,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 from typing import Iterator
+
+from tlsweep.redact import redact
 
 # absl's banner, its I/W lines, and the E lines of CUDA probing (cuda_platform.cc, cuda_executor.cc, ...)
 NATIVE_NOISE = re.compile(
@@ -63,6 +66,27 @@ def start_backend_quietly() -> None:
 
         keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # one tiny op: the backend probes its devices now
     _started = True
+
+
+class SecretsFilter(logging.Filter):
+    """Masks secrets (`tlsweep.redact`) in every line a handler writes, Hydra's own lines among them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
+def mask_secrets_in_logs() -> None:
+    """Put `SecretsFilter` on every handler configured now (Hydra's console and file handlers), once each."""
+    loggers = [logging.getLogger(), *(item for item in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(item, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(item, SecretsFilter) for item in handler.filters):
+                handler.addFilter(SecretsFilter())
 
 
 class Progress:

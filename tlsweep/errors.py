@@ -19,3 +19,7 @@ class FetchError(TlsweepError):
     def __init__(self, *, what: str, reason: str, remedy: str):
         self.what, self.reason, self.remedy = what, reason, remedy  # remedy: the override that gives a local file
         super().__init__(f"could not download {what} ({reason}); pass a local copy with {remedy}")
+
+
+class LoggingError(TlsweepError):
+    """A run's results could not be written to the tracking store; the run is closed FAILED, with this line."""

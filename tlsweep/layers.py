@@ -100,14 +100,11 @@ def layer_rows(config: TlsweepConfig, input_size: int, *, budget: int, n_rows: i
     return rows
 
 
-def check_stage_memory(cfg, stages: Sequence[str]) -> None:
+def check_stage_memory(config: TlsweepConfig, stages: Sequence[str]) -> None:
     """Before `layer=stages`: refuse, in one line, a stage whose features (as pooled) would not fit a linear
     probe in this machine's memory; warn when one would take more than half of it."""
-    from omegaconf import OmegaConf
-
     from tlsweep.stages import data, features, models
 
-    config: TlsweepConfig = OmegaConf.to_object(cfg)
     input_size = data.input_size(name=config.data.name, path=config.data.path, image_size=config.data.image_size)
     models.check_input_size(config.model.name, input_size)
     shapes = models.cut_shapes(models.build_backbone(name=config.model.name, weights=None, input_size=input_size,

@@ -9,8 +9,9 @@ the jobs find them.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Sequence
 
+from tlsweep.config import TlsweepConfig
 from tlsweep.errors import FetchError
 from tlsweep.stages import data, models
 
@@ -19,23 +20,23 @@ log = logging.getLogger(__name__)
 DEMO = "python -m tlsweep -cd sweeps -cn demo"
 
 
-def fetch(*, data_name: str, data_path: Optional[str], backbones: Sequence[str], weights: Optional[str],
-          image_size: Optional[int]) -> None:
-    """Download what the configuration needs and Keras has not cached; raise one FetchError for all that fails."""
+def fetch(configs: Sequence[TlsweepConfig]) -> None:
+    """Download what the configurations need and Keras has not cached; raise one FetchError for all that fails."""
     missing: list[FetchError] = []
-    if data_name == "cifar10" and data_path is None:
+    if any(config.data.name == "cifar10" and config.data.path is None for config in configs):
         try:
-            data.load_dataset(name=data_name, path=None)
+            data.load_dataset(name="cifar10", path=None)
         except FetchError as err:
             missing.append(err)
-    if weights == "imagenet":
-        for name in dict.fromkeys(backbones):
-            try:
-                # the download does not depend on the size; a folder's own size is not known here
-                size = max(image_size or 32, models.min_input_size(name))
-                models.build_backbone(name=name, weights=weights, input_size=size, seed=0)
-            except FetchError as err:
-                missing.append(err)
+    # the download does not depend on the size; a folder's own size is not known here
+    sizes = {config.model.name: config.data.image_size or 32 for config in configs
+             if config.model.weights == "imagenet"}
+    for name, image_size in sizes.items():
+        try:
+            models.build_backbone(name=name, weights="imagenet", input_size=max(image_size, models.min_input_size(name)),
+                                  seed=0)
+        except FetchError as err:
+            missing.append(err)
     if missing:
         raise FetchError(
             what=" and ".join(err.what for err in missing),

@@ -1,9 +1,7 @@
-"""Where and from what a run came: machine, library versions, git commit, config hash, process."""
+"""Where and from what a run came: machine, library versions, git commit, process."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import shutil
@@ -11,44 +9,11 @@ import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 from tlsweep.config import PROJECT_ROOT
 
-# keys that change where results go or how fast they come, never what they are
-NON_SEMANTIC_KEYS = ("tracking", "cache_dir", "resume", "model.batch_size")
-# keys that describe the backbone, not the run: a run's cut is `layer`, whichever stages its model lists
-DESCRIPTIVE_KEYS = ("model.stages",)
-# keys added after runs were first logged, at the value those runs had: left out of the hash at that value,
-# so a configuration keeps its hash (and `resume=true` finds its earlier runs) across the addition
-ADDED_KEYS = {
-    "features.pooling": "flatten", "features.grid_size": 2, "features.normalize": "none",
-    "data.train_per_class": None, "data.test_fraction": 0.2, "data.skip_bad_images": False,
-}
 PACKAGES = ("tensorflow", "keras", "scikit-learn", "mlflow", "numpy", "hydra-core", "jax", "torch")
-
-
-def config_hash(resolved: Mapping[str, Any]) -> str:
-    """A stable id of the configuration: runs with equal hashes should give equal accuracies."""
-    flat = dict(flatten(resolved))
-    for key in list(flat):
-        if any(key == skip or key.startswith(f"{skip}.") for skip in NON_SEMANTIC_KEYS + DESCRIPTIVE_KEYS):
-            del flat[key]
-        elif key in ADDED_KEYS and flat[key] == ADDED_KEYS[key]:
-            del flat[key]
-        elif key == "classifier.C_grid" and flat.get("classifier.C") != "auto":  # used only by C=auto
-            del flat[key]
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = ""):
-    """Yield (dotted.key, value) pairs; lists stay whole."""
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from flatten(value, f"{name}.")
-        else:
-            yield name, value
 
 
 def _cpu_name() -> str:

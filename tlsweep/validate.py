@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,7 +27,10 @@ def validate(cfg: DictConfig) -> TlsweepConfig:
     _model(config)
     models.check_layer_names(models.architecture_layer_names(config.model.name), [config.layer],
                              model_name=config.model.name)
-    _data(config)
+    input_size = _data(config)
+    models.check_input_size(config.model.name, input_size, received=(
+        f"data.image_size={config.data.image_size}" if config.data.image_size is not None else
+        f"data.image_size=null, which keeps the {input_size}x{input_size} images of data={config.data.name}"))
     _features(config)
     _classifier(config)
     stale_after_seconds(config.tracking.stale_after)
@@ -42,7 +45,8 @@ def _model(config: TlsweepConfig) -> None:
         raise ConfigError(f"model.batch_size should be an integer >= 1; received model.batch_size={model.batch_size!r}")
 
 
-def _data(config: TlsweepConfig) -> None:
+def _data(config: TlsweepConfig) -> int:
+    """Check the data keys; the backbone's square input size they give."""
     spec = config.data
     if spec.name not in data.DATASETS:
         raise ConfigError(f"data.name should be one of {list(data.DATASETS)}; received data.name={spec.name!r}")
@@ -58,16 +62,22 @@ def _data(config: TlsweepConfig) -> None:
         raise ConfigError(
             f"data.val_fraction should be in the open interval (0, 1); received data.val_fraction={spec.val_fraction}"
         )
-    validate_classes(list(spec.classes), _folder(spec) if spec.name == "folder" else data.CLASS_NAMES[spec.name])
+    if spec.name == "folder":
+        class_names, native_size = _folder(spec)
+    else:
+        class_names, native_size = data.CLASS_NAMES[spec.name], data.NATIVE_SIZES[spec.name]
+    validate_classes(list(spec.classes), class_names)
     if spec.train_per_class is not None and not _positive_int(spec.train_per_class):
         raise ConfigError(
             f"data.train_per_class should be null (all) or an integer >= 1; received "
             f"data.train_per_class={spec.train_per_class!r}"
         )
+    return spec.image_size if spec.image_size is not None else native_size
 
 
-def _folder(spec) -> tuple[str, ...]:
-    """A folder's own keys, then its layout, listed (not decoded) so that a bad folder opens no run; its classes."""
+def _folder(spec) -> tuple[tuple[str, ...], Optional[int]]:
+    """A folder's own keys, then its layout, listed (not decoded) so that a bad folder opens no run; its
+    classes, and its images' one square size when data.image_size is null."""
     if spec.path is None:
         raise ConfigError("data.path should be a folder with one subfolder per class for data.name='folder'; "
                           "received data.path=None")
@@ -77,9 +87,8 @@ def _folder(spec) -> tuple[str, ...]:
         )
     layout = folder.scan(spec.path)
     folder.check_test_fraction(layout, spec.test_fraction)
-    if spec.image_size is None:  # read from the image headers: one square size, or a line asking for one
-        folder.common_size(layout)
-    return layout.class_names
+    # read from the image headers: one square size, or a line asking for one
+    return layout.class_names, folder.common_size(layout) if spec.image_size is None else None
 
 
 def _features(config: TlsweepConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import importlib
@@ -186,11 +187,15 @@ def validate_layers(model, layers: Sequence[str], *, model_name: str) -> None:
 
 
 def check_layer_names(valid: Sequence[str], layers: Sequence[str], *, model_name: str) -> None:
+    """One line for a layer the backbone lacks: the closest names it has, and the command that lists them all."""
     valid = list(valid)
     for layer in layers:
         if layer not in valid:
+            close = difflib.get_close_matches(str(layer), valid, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
             raise ConfigError(
-                f"layer should be a layer of {model_name}, one of {valid}; received layer={layer!r}"
+                f"layer should be a layer of {model_name}; received layer={layer!r}; {hint}every layer of "
+                f"{model_name} is listed by: python -m tlsweep.layers model={model_name}"
             )
 
 

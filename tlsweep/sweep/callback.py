@@ -1,14 +1,23 @@
-"""Sweep-level tracking as a Hydra callback: one parent run per multirun, a summary when it ends.
+"""Sweep-level tracking as a Hydra callback: every job checked first, one parent run, a summary when it ends.
 
-`on_multirun_start` connects to the store once, closes stale runs, opens (or claims) the parent run and
-builds the `SweepContext`. Hydra pickles this callback into every job, under every launcher, and calls
-`on_job_start` in the job's own process: that is where the context is handed to the job.
+`on_multirun_start` composes and checks every job (`plan`): a config error anywhere stops the sweep with one
+line per bad job before anything is opened. It then fetches what the jobs need, connects to the store once,
+closes stale runs, opens (or claims) the parent run and builds the `SweepContext`. Hydra pickles this
+callback into every job, under every launcher, and calls `on_job_start` in the job's own process: that is
+where the context is handed to the job.
+
+`on_multirun_end` summarises the children the sweep's own jobs logged (sealed on the parent, and of the
+plan's configurations), logs the best configuration's pipeline, and always closes the parent: FINISHED, or
+FAILED when a job failed or the summary could not be made. The command then exits non-zero if any job
+failed. If the process ends before that (Ctrl-C, a crash), the parent is closed KILLED on the way out.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import secrets
 import shlex
 import sys
 from pathlib import Path
@@ -21,13 +30,14 @@ from omegaconf import DictConfig, OmegaConf
 from tlsweep import console, preflight, provenance
 from tlsweep.config import default_cache_dir, default_tracking_uri
 from tlsweep.errors import TlsweepError
-from tlsweep.sweep import context, summary
+from tlsweep.redact import redact
+from tlsweep.sweep import context, plan, summary
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
-from tlsweep.tracking.payload import Payload
-from tlsweep.tracking.record import Artifact, Kind, RunRecord, Tag, error_line
 from tlsweep.tracking.heartbeat import Heartbeat, interval_for
-from tlsweep.tracking.store import Store
+from tlsweep.tracking.payload import Payload
+from tlsweep.tracking.record import Artifact, Kind, RecordError, RunRecord, Tag, error_line
+from tlsweep.tracking.store import KILLED, Store
 from tlsweep.validate import stale_after_seconds
 
 log = logging.getLogger(__name__)
@@ -75,7 +85,7 @@ def sweep_name(model: str, overrides: list[str]) -> str:
 
 
 class MLflowSweepCallback(Callback):
-    """Opens the parent run at multirun start, hands each job the sweep's context, writes the comparison."""
+    """Checks every job, opens the parent run, hands each job the sweep's context, writes the comparison."""
 
     def __init__(self) -> None:
         self.context: Optional[SweepContext] = None
@@ -83,14 +93,23 @@ class MLflowSweepCallback(Callback):
         self.heartbeat: Optional[Heartbeat] = None  # keeps the parent's tlsweep.heartbeat fresh while jobs run
         self.command = ""
         self.n_jobs = 0
+        self.planned: Optional[frozenset] = None  # the config hashes of the plan's runs (None: no plan)
+        self.closed = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        console.mask_secrets_in_logs()  # Hydra's launcher prints each job's overrides
         overrides = sweep_overrides(config)
         uri = default_tracking_uri(config.tracking.uri, Path.cwd())
-        try:  # what every job needs from the network, once: offline, one line names all of it
-            preflight.fetch(data_name=config.data.name, data_path=config.data.path,
-                            backbones=swept_values(overrides, "model") or [config.model.name],
-                            weights=config.model.weights, image_size=config.data.image_size)
+        try:
+            jobs = plan.plan(config, overrides)
+            if jobs is not None and jobs.failed:  # nothing is opened, fetched or run
+                for line in jobs.errors:
+                    log.error("%s", redact(line))
+                log.error("%d of %d jobs failed their checks; nothing was run", len(jobs.failed),
+                          len(jobs.failed) + len(jobs.jobs))
+                sys.exit(1)
+            # what every job needs from the network, once: offline, one line names all of it
+            preflight.fetch([job.config for job in jobs.jobs] if jobs else [plan.primary(config)])
             stale_after = stale_after_seconds(config.tracking.stale_after)
             store, experiment_id = runs.connect(uri, config.tracking.experiment, stale_after=stale_after)
             outer = context.outer_run_id()
@@ -100,29 +119,33 @@ class MLflowSweepCallback(Callback):
             else:
                 tags = {
                     **provenance.machine_tags(config.tracking.machine),
-                    Tag.SWEEP_OVERRIDES: " ".join(overrides)[:5000],
+                    Tag.SWEEP_OVERRIDES: redact(" ".join(overrides))[:5000],
                     Tag.SWEEP_DIR: str(Path(config.hydra.sweep.dir).resolve()),
                 }
                 parent = runs.start_parent(store, experiment_id=experiment_id,
                                            run_name=sweep_name(config.model.name, overrides), kind=Kind.SWEEP,
-                                           tags=tags)
+                                           tags=tags, beat_interval=interval_for(stale_after))
         except TlsweepError as err:
-            log.error("%s", err)
+            log.error("%s", redact(str(err)))
             sys.exit(1)
         self.owns_parent = not outer
         self.heartbeat = Heartbeat(uri, parent, interval=interval_for(stale_after)).start()
-        self.command = shlex.join(["python", "-m", "tlsweep", *sys.argv[1:]])
-        self.n_jobs = sweep_size(overrides)
+        self.command = redact(shlex.join(["python", "-m", "tlsweep", *sys.argv[1:]]))
+        self.n_jobs = len(jobs.jobs) if jobs else sweep_size(overrides)
+        self.planned = jobs.config_hashes if jobs else None
         self.context = SweepContext(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
                                     sweep_layers=tuple(swept_values(overrides, "layer")),
-                                    cache_dir=str(default_cache_dir(config.cache_dir)))
+                                    cache_dir=str(default_cache_dir(config.cache_dir)),
+                                    seal_key=secrets.token_hex(32))
+        atexit.register(self._close_if_left_open)
         log.info("sweep parent run %s in experiment %r", parent, config.tracking.experiment)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.context is None:  # a single run (Hydra calls this outside a multirun too): nothing to hand over
             return
         console.start_backend_quietly()  # in a launcher's worker process, the first job starts the backend
-        log.info("job %d/%d: %s", config.hydra.job.num + 1, self.n_jobs, " ".join(config.hydra.overrides.task))
+        log.info("job %d/%d: %s", config.hydra.job.num + 1, self.n_jobs,
+                 redact(" ".join(config.hydra.overrides.task)))
         context.hand_over(self.context)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -133,10 +156,36 @@ class MLflowSweepCallback(Callback):
             return
         sweep = self.context
         store = Store(sweep.tracking_uri)
-        found = runs.sweep_jobs(store, [sweep.experiment_id], sweep.parent_run_id)
-        records = [RunRecord.parse(run) for run in found]
+        try:
+            failures = self._summarise(store)
+        except Exception as err:  # the children stand; the parent says what it lacks and fails
+            line = f"the sweep's summary could not be made: {error_line(err)}"
+            log.error("%s", line)
+            self._close(store, failed=True, error=line)
+            sys.exit(1)
+        if failures:
+            sys.exit(1)
+
+    def _summarise(self, store: Store) -> int:
+        """Write the comparison and the best configuration's model to the parent, close it; the failed jobs."""
+        sweep = self.context
+        parent_tags = store.get(sweep.parent_run_id).tags
+        records, unreadable, foreign = [], [], []
+        for run in runs.sweep_jobs(store, [sweep.experiment_id], sweep.parent_run_id):
+            try:
+                record = RunRecord.parse(run)
+            except RecordError as err:
+                unreadable.append(str(err))
+                continue
+            mine = self.planned is None or record.config_hash in self.planned
+            sealed = record.status != "FINISHED" or runs.is_own(record, parent_tags, key=sweep.seal_key)
+            (records if mine and sealed else foreign).append(record)
+        if foreign:
+            log.warning("left out of the summary: %d run(s) under this parent that its jobs did not log: %s",
+                        len(foreign), ", ".join(record.run_id for record in foreign))
         table = summary.comparison_table(records)
-        rows, best = summary.selection(table)  # chosen on validation, never on test
+        done = summary.finished(table)
+        rows, best = summary.selection(done)  # chosen on validation, never on test
         answer = summary.terminal_table(table)
         tags = {Tag.NOTE: f"`{self.command}`\n\n{answer}\n"}
         if best is not None:
@@ -144,32 +193,58 @@ class MLflowSweepCallback(Callback):
         store.write(sweep.parent_run_id, Payload(metrics=summary.parent_metrics(rows, best), tags=tags,
                                                  files=summary.summary_files(table, records)),
                     under=Artifact.SUMMARY_FOLDER)
-        failed = [] if table.empty else table[table["status"] != runs.FINISHED]
-        checks = runs.failed_checks(store, sweep.parent_run_id)  # jobs whose config failed: they opened no run
-        served = False
+        failed = summary.failed(table)
+        lines = [f"{row.model} layer={row.layer} classes={row.classes} C={row.C}: {row.status} "
+                 f"({row.error or 'no error recorded'})" for row in failed.itertuples()] if len(failed) else []
+        lines += runs.failed_checks(store, sweep.parent_run_id) + unreadable  # jobs that opened no readable run
+        error = ""
         if best is not None:
             try:
                 served = runs.log_best_pipeline(store, sweep.parent_run_id, best_run_id=best["run_id"])
             except Exception as err:  # the comparison stands; the parent says what it lacks and fails
-                line = f"could not log the best configuration's pipeline (run {best['run_id']}): {error_line(err)}"
-                store.set_tag(sweep.parent_run_id, Tag.ERROR, line)
-                checks.append(line)
-        if self.heartbeat is not None:  # its last beat is written before the run closes
-            self.heartbeat.stop()
-        if self.owns_parent:  # `mlflow run` closes the run it opened
-            runs.end(store, sweep.parent_run_id, failed=len(failed) + len(checks) > 0)
+                served = False
+                error = f"could not log the best configuration's pipeline (run {best['run_id']}): {error_line(err)}"
+        self._close(store, failed=bool(lines or error), error=error)
         log.info("sweep summary logged to parent run %s (%d runs):\n%s", sweep.parent_run_id, len(table), answer)
-        log.info("open it with: mlflow ui --backend-store-uri %s   then #/experiments/%s/runs/%s", sweep.tracking_uri,
-                 sweep.experiment_id, sweep.parent_run_id)
-        if served:
+        log.info("open it with: mlflow ui --backend-store-uri %s   then #/experiments/%s/runs/%s",
+                 store.display_uri, sweep.experiment_id, sweep.parent_run_id)
+        if best is not None and served:
             log.info("serve the best configuration (raw images in, class names out): MLFLOW_TRACKING_URI=%s "
-                     "mlflow models serve -m runs:/%s/%s --env-manager local", sweep.tracking_uri,
+                     "mlflow models serve -m runs:/%s/%s --env-manager local", store.display_uri,
                      sweep.parent_run_id, Artifact.PIPELINE_MODEL)
-        if len(failed) or checks:
-            for _, row in failed.iterrows():
-                log.error("failed: layer=%s classes=%s C=%s: %s", row["layer"], row["classes"], row["C"], row["error"])
-            for line in checks:
-                log.error("failed: %s", line)
-            log.error("%d of %d jobs failed; see the parent run %s", len(failed) + len(checks),
-                      len(table) + len(checks), sweep.parent_run_id)
-            sys.exit(1)
+        for line in lines:
+            log.error("failed: %s", line)
+        if error:
+            log.error("%s", error)
+        if lines:  # the closing line
+            total = len(table) + len(lines) - len(failed)
+            log.error("%d of %d jobs failed; see the parent run %s", len(lines), total, sweep.parent_run_id)
+        elif error:
+            log.error("every job finished, but the sweep's model was not logged; see the parent run %s",
+                      sweep.parent_run_id)
+        return len(lines) + bool(error)
+
+    def _close(self, store: Store, *, failed: bool, error: str = "") -> None:
+        """End the parent (unless `mlflow run` owns it) once its last heartbeat is written."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        if error:
+            store.set_tag(self.context.parent_run_id, Tag.ERROR, error)
+        if self.owns_parent:  # `mlflow run` closes the run it opened
+            runs.end(store, self.context.parent_run_id, failed=failed)
+        self.closed = True
+
+    def _close_if_left_open(self) -> None:
+        """At process exit: a parent the sweep's end did not close (Ctrl-C, a crash) ends KILLED."""
+        if self.closed or self.context is None or not self.owns_parent:  # `mlflow run` closes its own run
+            return
+        try:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+            store = Store(self.context.tracking_uri)
+            store.set_tag(self.context.parent_run_id, Tag.ERROR, "the sweep was interrupted before its end")
+            store.end(self.context.parent_run_id, KILLED)
+            self.closed = True
+        except Exception as err:  # the store is gone: the next command closes the parent (close_stale_runs)
+            log.warning("the sweep's parent run %s could not be closed (%s)", self.context.parent_run_id,
+                        error_line(err))

@@ -12,7 +12,7 @@ This module is where it is read, so no other module looks at the environment for
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 # `mlflow run` sets this for the command it starts (mlflow.projects); tlsweep logs into that run
@@ -30,6 +30,9 @@ class SweepContext:
     # absolute, resolved where the sweep started: jobs on other nodes (Ray, SLURM) share the features even
     # where their environment lacks TLSWEEP_CACHE_DIR; a job whose config names a cache_dir uses that
     cache_dir: Optional[str] = None
+    # a secret of this sweep alone: each job seals the runs it logs or reuses with it, on the parent
+    # (`runs.mark_own`), so the parent serves a model only from runs its own launcher started
+    seal_key: str = field(default="", repr=False)
 
 
 _received: Optional[SweepContext] = None

@@ -1,8 +1,9 @@
 """Transfer by depth: accuracy against relative depth across backbones, and why, by linear CKA between stages.
 
-`depth_profiles` plots, per class subset, validation (solid) and test (dashed) accuracy against each cut's
-`layer_depth`, one line per model. At each cut the configuration plotted is the one with the best mean
-validation accuracy (under C=auto its label gives the C chosen on validation); test never chooses.
+`depth_profiles` plots, per task (data and classes), validation (solid) and test (dashed) accuracy against
+each cut's `layer_depth`, one line per model. At each cut the configuration plotted is the one with the best
+mean validation accuracy (its label gives its C, under C=auto the one chosen on validation); test never
+chooses.
 
 `cka_files` reads the sweep's cached train features again (no CNN runs) and compares the stages of each
 model, and the stages of every pair of models on the same images, by linear CKA on a seeded subsample of
@@ -34,36 +35,26 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 2000  # images CKA compares: its n x n Gram matrices cost n^2 x 8 bytes each
 SEED = 0
-SPLITS = (("val_accuracy", "-", "val"), ("test_accuracy", "--", "test"))
+SPLITS = (("val_mean", "-", "val"), ("test_mean", "--", "test"))  # means over seeds
 
 
-def best_by_depth(table: pd.DataFrame, configuration: Sequence[str]) -> pd.DataFrame:
-    """Per class subset, model and cut: the configuration with the best mean val accuracy, with its depth."""
-    done = table[(table["status"] == "FINISHED") & table["layer_depth"].notna()].dropna(subset=["val_accuracy"])
-    if done.empty:
-        return done
-    keys = ["classes", "model", "layer", *configuration]
-    means = done.groupby(keys, dropna=False, sort=False).agg(
-        layer_depth=("layer_depth", "first"), val_accuracy=("val_accuracy", "mean"),
-        test_accuracy=("test_accuracy", "mean"), selected_C=("selected_C", "median")).reset_index()
-    best = means.loc[means.groupby(["classes", "model", "layer"], sort=False)["val_accuracy"].idxmax()]
-    return best.sort_values(["classes", "model", "layer_depth"])
-
-
-def depth_profiles(table: pd.DataFrame, configuration: Sequence[str]) -> dict[str, plt.Figure]:
-    """`depth_profile-<classes>.png`: accuracy against layer_depth, one line per model, for class subsets
-    with at least two cuts of known depth."""
+def depth_profiles(rows: pd.DataFrame) -> dict[str, plt.Figure]:
+    """`depth_profile-<classes>.png`: accuracy against layer_depth, one line per model, for each task with at
+    least two cuts of known depth. `rows` are the sweep's selection: per task, model and cut, the
+    configuration with the best mean val accuracy (`summary.selection`)."""
     figures = {}
-    for classes, rows in best_by_depth(table, configuration).groupby("classes", sort=False):
-        if rows["layer"].nunique() < 2:
+    known = rows[rows["layer_depth"].notna()] if len(rows) else rows
+    for _, task in (known.groupby("_task", sort=False) if len(known) else ()):
+        if task["layer"].nunique() < 2:
             continue
+        classes = task["classes"].iloc[0]
         figure, ax = plt.subplots(figsize=(7, 4.5))
-        for number, (model, line) in enumerate(rows.groupby("model", sort=True)):
+        for number, (model, line) in enumerate(task.sort_values("layer_depth").groupby("model", sort=True)):
             colour = f"C{number}"
             for column, style, split in SPLITS:
                 ax.plot(line["layer_depth"], line[column], style, marker="o", color=colour, label=f"{model} {split}")
             for _, point in line.iterrows():
-                ax.annotate(f"C={point['selected_C']:.2g}", (point["layer_depth"], point["val_accuracy"]),
+                ax.annotate(f"C={point['C_chosen']:.2g}", (point["layer_depth"], point["val_mean"]),
                             textcoords="offset points", xytext=(3, 4), fontsize=6, color=colour)
         ax.set_xlim(0, 1.05)
         ax.set_xlabel("layer_depth (0: input, 1: the model's last stage)")
@@ -72,7 +63,8 @@ def depth_profiles(table: pd.DataFrame, configuration: Sequence[str]) -> dict[st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         figure.tight_layout()
-        figures[f"depth_profile-{_slug(classes)}.png"] = figure
+        name = f"depth_profile-{_slug(classes)}.png"
+        figures[name if name not in figures else f"depth_profile-{_slug(classes)}-{len(figures)}.png"] = figure
     return figures
 
 

@@ -2,8 +2,9 @@
 
 A sweep's parent run is open for as long as its jobs run. Its process stamps the run's `tlsweep.heartbeat`
 tag (UTC) at once and then every `interval` seconds, from a daemon thread. A later command on any host
-marks KILLED a RUNNING run whose stamp is older than `tracking.stale_after` (`runs.close_stale_runs`): the
-process check there only works on the host the process ran on, the heartbeat works from everywhere.
+marks KILLED a RUNNING run whose stamp is older than `tracking.stale_after` and than `MISSED_BEATS` of the
+interval the owner declared on the run (`runs.close_stale_runs`): the process check there only works on the
+host the process ran on, the heartbeat works from everywhere.
 Hosts' clocks must agree to well within `tracking.stale_after` (NTP does).
 """
 
@@ -21,11 +22,24 @@ log = logging.getLogger(__name__)
 
 MAX_INTERVAL_S = 30.0
 BEATS_PER_STALE_AFTER = 10  # a run is called dead only after this many beats in a row went missing
+MISSED_BEATS = 5  # and never before this many of its owner's declared intervals, whatever the observer's setting
 
 
 def interval_for(stale_after: float) -> float:
     """Seconds between beats: a tenth of `stale_after`, and at most 30 s."""
     return min(MAX_INTERVAL_S, stale_after / BEATS_PER_STALE_AFTER)
+
+
+def dead_after(stale_after: float, declared_interval: Optional[str]) -> float:
+    """Seconds of silence after which an observer may call a run dead: its own `stale_after`, but never less
+    than `MISSED_BEATS` of the beat interval the run's owner declared (30 s, the most, when it declared none)."""
+    try:
+        interval = float(declared_interval) if declared_interval else MAX_INTERVAL_S
+    except ValueError:
+        interval = MAX_INTERVAL_S
+    if not 0 < interval <= MAX_INTERVAL_S:  # an owner never beats less often (`interval_for`)
+        interval = MAX_INTERVAL_S
+    return max(stale_after, MISSED_BEATS * interval)
 
 
 def stamp(now: Optional[datetime] = None) -> str:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import traceback
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from tlsweep import identity
 from tlsweep.config import TlsweepConfig
+from tlsweep.redact import redact, redact_mapping
 from tlsweep.stages.report import SplitReport
 from tlsweep.tracking.payload import DatasetRecord, Payload, PipelineModel, ProbeModel, csv_text
 
@@ -29,15 +32,18 @@ class Tag:
     KIND = "tlsweep.kind"
     PROCESS = "tlsweep.process"  # host:pid:start-time of the process that owns a RUNNING run
     HEARTBEAT = "tlsweep.heartbeat"  # UTC time its process last said a RUNNING run is alive (tracking/heartbeat.py)
+    HEARTBEAT_INTERVAL = "tlsweep.heartbeat_interval"  # seconds between its beats, as its owner declared them
     CONFIG_HASH = "tlsweep.config_hash"
     RESUMED_PREFIX = "tlsweep.resumed."  # on a parent: tlsweep.resumed.<config hash> = the reused run's id
-    FAILED_PREFIX = "tlsweep.failed."  # on a parent: tlsweep.failed.<config hash> = a job that failed its checks
+    FAILED_PREFIX = "tlsweep.failed."  # on a parent: tlsweep.failed.<key> = a job that failed before its run opened
+    SEAL_PREFIX = "tlsweep.seal."  # on a parent: tlsweep.seal.<run id> = the proof that run is the sweep's own
     PARENT = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"
     ERROR = "error"
     LAYER = "layer"
     MODEL = "model"
-    CLASSES = "classes"  # class names, comma-separated
+    CLASSES = "classes"  # class names, comma-separated, for people and `compare --classes`
+    CLASS_NAMES = "class_names"  # the class names as a JSON list: exact, whatever characters a name holds
     DEMO = "demo"
     MACHINE = "machine"
     DATA_FINGERPRINT = "data.fingerprint"
@@ -71,9 +77,12 @@ class Param:
     C = "classifier.C"
     CLASSIFIER = "classifier.name"
     SEED = "seed"
-    CONFIG_KEYS = (MODEL, LAYER, C, CLASSIFIER, SEED)
-    # keys added after the first release, with the value runs logged before them had
-    LATER_CONFIG_KEYS = {"features.pooling": "flatten", "features.normalize": "none", "data.train_per_class": "None"}
+    CLASSES = "data.classes"
+    POOLING = "features.pooling"
+    NORMALIZE = "features.normalize"
+    TRAIN_PER_CLASS = "data.train_per_class"
+    CONFIG_KEYS = (MODEL, LAYER, C, CLASSIFIER, SEED)  # every tlsweep job run has these
+    SHOWN_KEYS = (MODEL, LAYER, CLASSES, CLASSIFIER, C, POOLING, NORMALIZE, TRAIN_PER_CLASS, SEED)  # own columns
 
 
 class Metric:
@@ -128,6 +137,23 @@ class Artifact:
 
 
 SPLITS = ("train", "val", "test")
+_NOT_IN_KEYS = re.compile(r"[^\w.\- ]+")  # MLflow keys take letters, digits, `_ - . space` (and `/ :`, not on Windows)
+
+
+def class_keys(names: Sequence[str]) -> dict[str, str]:
+    """Each class name's form in metric keys (`test_recall_<key>`): what MLflow does not take becomes `_`,
+    and a name that would then repeat an earlier one's key gets `_2`, `_3`, ... The names themselves are
+    shown as they are everywhere a person reads them."""
+    keys: dict[str, str] = {}
+    for name in names:
+        key = _NOT_IN_KEYS.sub("_", str(name)).strip() or "_"
+        candidate, number = key, 1
+        while candidate in keys.values():
+            number += 1
+            candidate = f"{key}_{number}"
+        keys[name] = candidate
+    return keys
+
 _AVERAGES = {"macro avg": "macro", "weighted avg": "weighted"}
 _STATS = {"precision": "precision", "recall": "recall", "f1-score": "f1"}
 
@@ -184,9 +210,9 @@ class JobResult:
             for average, short in _AVERAGES.items():
                 for stat, name in _STATS.items():
                     metrics[Metric.of(split, short, name)] = float(table[average][stat])
-            for class_name in self.class_names:
+            for class_name, key in class_keys(self.class_names).items():
                 for stat, name in _STATS.items():
-                    metrics[Metric.of(split, name, class_name)] = float(table[class_name][stat])
+                    metrics[Metric.of(split, name, key)] = float(table[class_name][stat])
         metrics.update({
             Metric.EXTRACTION_SECONDS: self.extraction_seconds,
             Metric.CNN_FORWARD_IMAGES: self.cnn_forward_images,
@@ -214,16 +240,17 @@ class JobRecord:
     error: Optional[BaseException] = None
 
     def payload(self) -> Payload:
-        params, tags = dict(self.params), {**self.tags, Tag.KIND: Kind.JOB}
+        params, tags = redact_mapping(self.params), {**redact_mapping(self.tags), Tag.KIND: Kind.JOB}
         metrics: dict[str, float] = {}
         series: dict[str, list[float]] = {}
-        files: dict[str, Union[str, bytes]] = {Artifact.CONFIG: self.config_yaml}
+        files: dict[str, Union[str, bytes]] = {Artifact.CONFIG: redact(self.config_yaml)}
         inputs: Sequence[DatasetRecord] = ()
         models: dict = {}
         if self.result is not None:
             result = self.result
             tags.update({Tag.DATA_FINGERPRINT: result.data_fingerprint,
                          Tag.WEIGHTS_FINGERPRINT: result.weights_fingerprint, Tag.SPLIT_DIGEST: result.split_digest,
+                         Tag.CLASS_NAMES: json.dumps(list(result.class_names), ensure_ascii=False),
                          **({Tag.FEATURES_CACHE: result.cache_folder} if result.cache_folder else {})})
             params.update({Param.FEATURE_DIM: result.feature_dim, Param.N_TRAIN: result.n_train,
                            Param.N_VAL: result.n_val, Param.N_TEST: result.n_test, Param.N_FIT: result.n_fit,
@@ -238,7 +265,7 @@ class JobRecord:
                 if len(split.y_true) and result.labels:
                     files[Artifact.predictions(split.split)] = result.predictions_csv(split)
                 files[Artifact.report(split.split, "txt")] = split.text
-                files[Artifact.report(split.split, "json")] = json.dumps(split.table, indent=2)
+                files[Artifact.report(split.split, "json")] = json.dumps(split.table, indent=2, ensure_ascii=False)
                 files[Artifact.confusion(split.split)] = split.confusion_png
             if result.fit_warnings:
                 files[Artifact.FIT_WARNINGS] = "\n".join(result.fit_warnings) + "\n"
@@ -249,13 +276,15 @@ class JobRecord:
                                                       (Artifact.PIPELINE_MODEL, result.pipeline)) if model}
         if self.error is not None:
             tags[Tag.ERROR] = error_line(self.error)
-            files[Artifact.ERROR] = "".join(traceback.format_exception(self.error))
+            files[Artifact.ERROR] = redact("".join(traceback.format_exception(self.error)))
         return Payload(params=params, metrics=metrics, series=series, tags=tags, files=files, inputs=inputs,
                        models=models)
 
 
 def error_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}".splitlines()[0][:5000]
+    """The error as one line, secrets masked: what a run's `error` tag and the console say."""
+    text = f"{type(error).__name__}: {error}".strip()
+    return redact(text.splitlines()[0] if text else type(error).__name__)[:5000]
 
 
 @dataclass(frozen=True)
@@ -300,33 +329,49 @@ class RunRecord:
     machine: Optional[str]
     status: str
     config_hash: Optional[str]
+    configuration: str  # identity.configuration_id: equal for repeats (runs that differ in their seed alone)
     error: str
     run_id: str
     test_recall: Mapping[str, float] = field(default_factory=dict, metadata={"column": False})  # per class
     cache: str = field(default="", metadata={"column": False})  # Tag.FEATURES_CACHE
     data_classes: str = field(default="", metadata={"column": False})  # the data.classes param: "[4, 5, 6]"
+    # identity.configuration: the config keys that can change the result, data and weights by content
+    config: Mapping[str, str] = field(default_factory=dict, metadata={"column": False})
+    class_names: tuple = field(default=(), metadata={"column": False})
+    # the content fingerprints it ran on, as tagged: what resume compares with the data and weights of now
+    fingerprints: Mapping[str, str] = field(default_factory=dict, metadata={"column": False})
 
     @classmethod
     def parse(cls, run: StoredRun) -> "RunRecord":
-        """Read a job run; one that lacks a config key every job logs is an error, never an empty cell."""
+        """Read a job run. A FINISHED run that lacks a config key every job logs is an error, never an empty
+        cell; a run that failed before its params were written is read from its tags, as far as they go."""
         missing = [key for key in Param.CONFIG_KEYS if key not in run.params]
-        if missing:
+        if missing and run.status == "FINISHED":
             raise RecordError(f"run {run.run_id} is not a tlsweep job run: it has no param {missing}")
-        metrics, tags, params = run.metrics, run.tags, {**Param.LATER_CONFIG_KEYS, **run.params}
+        defaults = {key: str(value) for key, value in identity.schema_defaults().items()}
+        metrics, tags = run.metrics, run.tags
+        params = {**defaults, Param.MODEL: tags.get(Tag.MODEL, "?"), Param.LAYER: tags.get(Tag.LAYER, "?"),
+                  **run.params}
         C = params[Param.C]
-        selected = params.get(Param.SELECTED_C, None if C == "auto" else C)
+        selected = params.get(Param.SELECTED_C, None if C == "auto" or missing else C)
+        names = json.loads(tags[Tag.CLASS_NAMES]) if Tag.CLASS_NAMES in tags else None
+        recall = {key.removeprefix(_TEST_RECALL): value for key, value in metrics.items()
+                  if key.startswith(_TEST_RECALL)}
+        if names is not None:  # back from the metric keys to the names as they are
+            recall = {name: recall[key] for name, key in class_keys(names).items() if key in recall}
+        config = identity.configuration(run.params, tags)
         return cls(
             model=params[Param.MODEL],
             layer=params[Param.LAYER],
             layer_index=metrics.get(Metric.LAYER_INDEX),
             layer_depth=metrics.get(Metric.LAYER_DEPTH),
-            classes=tags.get(Tag.CLASSES, params.get("data.classes", "")),
+            classes=tags.get(Tag.CLASSES, params[Param.CLASSES]),
             classifier=params[Param.CLASSIFIER],
-            C=C if C == "auto" else f"{float(C):g}",
+            C=C if C == "auto" or missing else f"{float(C):g}",
             selected_C=None if selected is None else float(selected),
-            pooling=params["features.pooling"],
-            normalize=params["features.normalize"],
-            train_per_class=params["data.train_per_class"],
+            pooling=params[Param.POOLING],
+            normalize=params[Param.NORMALIZE],
+            train_per_class=params[Param.TRAIN_PER_CLASS],
             seed=int(params[Param.SEED]),
             train_accuracy=metrics.get(Metric.accuracy("train")),
             val_accuracy=metrics.get(Metric.accuracy("val")),
@@ -338,12 +383,15 @@ class RunRecord:
             machine=tags.get(Tag.MACHINE),
             status=run.status,
             config_hash=tags.get(Tag.CONFIG_HASH),
+            configuration=identity.configuration_id(config),
             error=tags.get(Tag.ERROR, ""),
             run_id=run.run_id,
-            test_recall={key.removeprefix(_TEST_RECALL): value for key, value in metrics.items()
-                         if key.startswith(_TEST_RECALL)},
+            test_recall=recall,
             cache=tags.get(Tag.FEATURES_CACHE, ""),
-            data_classes=params.get("data.classes", ""),
+            data_classes=params[Param.CLASSES],
+            config=config,
+            class_names=tuple(names) if names is not None else tuple(tags.get(Tag.CLASSES, "").split(",")),
+            fingerprints={key: tags[key] for key in (Tag.DATA_FINGERPRINT, Tag.WEIGHTS_FINGERPRINT) if key in tags},
         )
 
 
@@ -363,7 +411,7 @@ def config_keys_missing_from(schema: type) -> list[str]:
             node = hints[part]
         return True
 
-    return [key for key in (*Param.CONFIG_KEYS, *Param.LATER_CONFIG_KEYS) if not declared(key)]
+    return [key for key in dict.fromkeys((*Param.CONFIG_KEYS, *Param.SHOWN_KEYS)) if not declared(key)]
 
 
 _renamed = config_keys_missing_from(TlsweepConfig)

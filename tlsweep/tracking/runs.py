@@ -8,6 +8,8 @@ so the next command, on this host or any other, can tell a run whose process die
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import tempfile
 import time
@@ -16,11 +18,11 @@ from typing import Optional, Sequence
 
 
 from tlsweep import provenance
-from tlsweep.errors import ConfigError
+from tlsweep.errors import ConfigError, LoggingError
 from tlsweep.stages.pipeline import ProbePipeline
 from tlsweep.tracking import heartbeat, models
 from tlsweep.tracking.payload import Payload, PipelineModel
-from tlsweep.tracking.record import Artifact, Kind, RunRecord, StoredRun, Tag
+from tlsweep.tracking.record import Artifact, Kind, RunRecord, StoredRun, Tag, error_line
 from tlsweep.tracking.store import FAILED, FINISHED, KILLED, Store
 
 log = logging.getLogger(__name__)
@@ -39,20 +41,40 @@ def connect(tracking_uri: str, experiment: str, *, stale_after: Optional[float] 
 
 
 def log_job(store: Store, *, experiment_id: str, run_name: str, payload: Payload, started: float,
-            parent_run_id: Optional[str] = None, run_id: Optional[str] = None) -> str:
-    """Write a finished or failed job as one run; `run_id` is a run opened for it (`mlflow run`'s), if any."""
+            parent_run_id: Optional[str] = None, run_id: Optional[str] = None, interrupted: bool = False) -> str:
+    """Write a finished, failed or interrupted job as one run; `run_id` is a run opened for it (`mlflow run`'s).
+
+    The run is created with the tags that say what it is, so even a run whose results cannot be written is
+    listed by what it was. It always ends: FINISHED, FAILED (an error, or results that could not be written,
+    then with that line as its `error` tag) or KILLED (Ctrl-C).
+    """
     failed = Tag.ERROR in payload.tags
     if run_id is None:
-        tags = {Tag.KIND: Kind.JOB, Tag.PROCESS: provenance.process_id(),
+        tags = {**payload.tags, Tag.KIND: Kind.JOB, Tag.PROCESS: provenance.process_id(),
                 **({Tag.PARENT: parent_run_id} if parent_run_id else {})}
         run_id = store.create_run(experiment_id, run_name=run_name, tags=tags, start_time=int(started * 1000))
     try:
         store.write(run_id, payload)
-    except BaseException:
-        store.end(run_id, FAILED)
+    except Exception as err:
+        line = f"the run's results could not be written to {store.display_uri}: {error_line(err)}"
+        _closing(store, run_id, FAILED, error=line)
+        raise LoggingError(line) from None
+    except BaseException:  # Ctrl-C while writing
+        _closing(store, run_id, KILLED)
         raise
-    store.end(run_id, FAILED if failed else FINISHED)
+    store.end(run_id, KILLED if interrupted else FAILED if failed else FINISHED)
     return run_id
+
+
+def _closing(store: Store, run_id: str, status: str, *, error: str = "") -> None:
+    """End a run whose writing went wrong, as far as the store still answers; what it does not is logged."""
+    try:
+        if error:
+            store.set_tag(run_id, Tag.ERROR, error)
+        store.end(run_id, status)
+    except Exception as err:  # the store is gone too: the next command marks the run KILLED (close_stale_runs)
+        log.warning("run %s could not be closed (%s); the next command in its experiment closes it", run_id,
+                    error_line(err))
 
 
 def log_best_pipeline(store: Store, parent_run_id: str, *, best_run_id: str) -> bool:
@@ -73,12 +95,15 @@ def log_best_pipeline(store: Store, parent_run_id: str, *, best_run_id: str) -> 
     return True
 
 
-def start_parent(store: Store, *, experiment_id: str, run_name: str, kind: str, tags: dict[str, str]) -> str:
+def start_parent(store: Store, *, experiment_id: str, run_name: str, kind: str, tags: dict[str, str],
+                 beat_interval: float = heartbeat.MAX_INTERVAL_S) -> str:
     """A sweep's parent or a summary run: it spans several calls, so `end` closes it.
 
-    Its first heartbeat is stamped now; a sweep keeps it fresh (`heartbeat.Heartbeat`) while its jobs run.
+    Its first heartbeat is stamped now, with the interval its owner will keep it fresh at
+    (`heartbeat.Heartbeat`, while a sweep's jobs run), so observers know how long a silence means death.
     """
-    tags = {**tags, Tag.KIND: kind, Tag.PROCESS: provenance.process_id(), Tag.HEARTBEAT: heartbeat.stamp()}
+    tags = {**tags, Tag.KIND: kind, Tag.PROCESS: provenance.process_id(), Tag.HEARTBEAT: heartbeat.stamp(),
+            Tag.HEARTBEAT_INTERVAL: f"{beat_interval:g}"}
     return store.create_run(experiment_id, run_name=run_name, tags=tags)
 
 
@@ -102,8 +127,9 @@ def close_stale_runs(store: Store, experiment_id: str, *, stale_after: Optional[
     """Mark KILLED the RUNNING runs whose process is gone (killed, crashed, rebooted, its host lost).
 
     On this host the process itself is checked, and one still alive keeps its run. A run of any other host
-    is closed when its heartbeat is older than `stale_after` seconds (its end time is then its last beat).
-    A run without either mark (not tlsweep's, or from before heartbeats) is left alone.
+    is closed when its heartbeat is older than `stale_after` seconds and than several of the beat intervals
+    its owner declared (`heartbeat.dead_after`), whatever this command's own `stale_after`; its end time is
+    then its last beat. A run without either mark (not tlsweep's, or from before heartbeats) is left alone.
     """
     closed = []
     for run in store.search([experiment_id], "attributes.status = 'RUNNING'"):
@@ -114,10 +140,13 @@ def close_stale_runs(store: Store, experiment_id: str, *, stale_after: Optional[
                 continue
             store.end(run.run_id, KILLED)
             store.set_tag(run.run_id, Tag.ERROR, f"process {process} ended without closing the run")
-        elif stale_after is not None and age is not None and age > stale_after:
+        elif stale_after is not None and age is not None and \
+                age > heartbeat.dead_after(stale_after, run.tags.get(Tag.HEARTBEAT_INTERVAL)):
+            limit = heartbeat.dead_after(stale_after, run.tags.get(Tag.HEARTBEAT_INTERVAL))
             store.end(run.run_id, KILLED, end_time=heartbeat.beat_time(beat))
-            store.set_tag(run.run_id, Tag.ERROR, f"no heartbeat for {age:.0f}s, more than tracking.stale_after="
-                                                 f"{stale_after:g}s: process {process or '?'} presumed dead")
+            store.set_tag(run.run_id, Tag.ERROR, f"no heartbeat for {age:.0f}s, more than {limit:g}s (tracking."
+                                                 f"stale_after={stale_after:g}s, and {heartbeat.MISSED_BEATS} of "
+                                                 f"its own beats): process {process or '?'} presumed dead")
         else:
             continue
         closed.append(run.run_id)
@@ -141,9 +170,31 @@ def mark_resumed(store: Store, parent_run_id: str, *, config_hash: str, run_id: 
     store.set_tag(parent_run_id, f"{Tag.RESUMED_PREFIX}{config_hash}", run_id)
 
 
-def mark_failed(store: Store, parent_run_id: str, *, config_hash: str, line: str) -> None:
-    """Name, on the sweep's parent, a job whose config failed its checks: it opened no run of its own."""
-    store.set_tag(parent_run_id, f"{Tag.FAILED_PREFIX}{config_hash}", line[:5000])
+def seal(key: str, *, run_id: str, config_hash: str, val_accuracy: Optional[float]) -> str:
+    """What proves a run is a sweep's own: an HMAC, under the sweep's secret, of the run, its configuration
+    and its val accuracy, so a run added or changed by another writer of the experiment fails it."""
+    message = f"{run_id}|{config_hash}|{val_accuracy!r}".encode()
+    return hmac.new(bytes.fromhex(key), message, hashlib.sha256).hexdigest()[:32]
+
+
+def mark_own(store: Store, parent_run_id: str, *, key: str, run_id: str, config_hash: str,
+             val_accuracy: Optional[float]) -> None:
+    """Seal, on the sweep's parent, a run the sweep logged or reused (`seal`)."""
+    store.set_tag(parent_run_id, f"{Tag.SEAL_PREFIX}{run_id}",
+                  seal(key, run_id=run_id, config_hash=config_hash, val_accuracy=val_accuracy))
+
+
+def is_own(record: RunRecord, parent_tags: dict, *, key: str) -> bool:
+    """Whether a job run carries its sweep's seal, for its config hash and val accuracy as stored now."""
+    expected = seal(key, run_id=record.run_id, config_hash=record.config_hash or "",
+                    val_accuracy=record.val_accuracy)
+    return hmac.compare_digest(parent_tags.get(f"{Tag.SEAL_PREFIX}{record.run_id}", ""), expected)
+
+
+def mark_failed(store: Store, parent_run_id: str, *, line: str) -> None:
+    """Name, on the sweep's parent, a job that failed before it opened a run of its own."""
+    key = hashlib.sha256(line.encode()).hexdigest()[:16]
+    store.set_tag(parent_run_id, f"{Tag.FAILED_PREFIX}{key}", line[:5000])
 
 
 def failed_checks(store: Store, parent_run_id: str) -> list[str]:

@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tlsweep.errors import ConfigError
+from tlsweep.redact import redact, redact_mapping
 from tlsweep.tracking import models
 from tlsweep.tracking.payload import Payload, write_files
 from tlsweep.tracking.record import StoredRun
@@ -47,6 +48,11 @@ class Store:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
 
+    @property
+    def display_uri(self) -> str:
+        """The URI as logs and error lines show it: credentials masked."""
+        return redact(self.uri)
+
     @classmethod
     def open(cls, uri: str) -> "Store":
         """A store to read and write; a server is checked first, and a SQLite schema is created once."""
@@ -58,7 +64,7 @@ class Store:
                 with store._refusals():  # a server with authentication answers this one 401 without credentials
                     store.client.search_experiments(max_results=1)
         except (MlflowException, OSError) as err:  # OSError: the SQLite file's folder cannot be made
-            raise ConfigError(f"tracking.uri={uri!r} cannot be used: {_reason(err)}") from None
+            raise ConfigError(f"tracking.uri={redact(uri)!r} cannot be used: {_reason(err)}") from None
         return store
 
     def experiment_id(self, name: str, *, create: bool = False) -> Optional[str]:
@@ -98,7 +104,8 @@ class Store:
     def create_run(self, experiment_id: str, *, run_name: str, tags: dict[str, str],
                    start_time: Optional[int] = None) -> str:
         with self._refusals(experiment_id=experiment_id):
-            run = self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
+            run = self.client.create_run(experiment_id, start_time=start_time, tags=redact_mapping(tags),
+                                         run_name=redact(run_name))
         return run.info.run_id
 
     def write(self, run_id: str, payload: Payload, *, under: Optional[str] = None) -> None:
@@ -113,8 +120,8 @@ class Store:
                 self.client.log_batch(
                     run_id,
                     metrics=metrics,
-                    params=[Param(key, str(value)) for key, value in payload.params.items()],
-                    tags=[RunTag(key, str(value)) for key, value in payload.tags.items()],
+                    params=[Param(key, str(value)) for key, value in redact_mapping(payload.params).items()],
+                    tags=[RunTag(key, str(value)) for key, value in redact_mapping(payload.tags).items()],
                 )
         if payload.files:
             with tempfile.TemporaryDirectory(prefix="tlsweep-artifacts-") as folder:
@@ -173,7 +180,7 @@ class Store:
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         with self._refusals(run_id=run_id):
-            self.client.set_tag(run_id, key, value)
+            self.client.set_tag(run_id, key, redact_mapping({key: value})[key])
 
     def end(self, run_id: str, status: str, *, end_time: Optional[datetime] = None) -> None:
         """Close a run: FINISHED, FAILED or KILLED; `end_time` when it ended before now."""
@@ -192,13 +199,13 @@ class Store:
                 user = MLFLOW_TRACKING_USERNAME.get()
                 who = f"the credentials of user {user!r}" if user else "a request without credentials"
                 raise ConfigError(
-                    f"tracking server {self.uri} refused {who} (401 Unauthorized); set MLFLOW_TRACKING_USERNAME "
+                    f"tracking server {self.display_uri} refused {who} (401 Unauthorized); set MLFLOW_TRACKING_USERNAME "
                     "and MLFLOW_TRACKING_PASSWORD to a user of that server and its password"
                 ) from None
             if status == 403:
                 where = experiment or self._experiment_name_or_id(experiment_id, run_id)
                 raise ConfigError(
-                    f"tracking server {self.uri} refused user {MLFLOW_TRACKING_USERNAME.get()!r} permission to "
+                    f"tracking server {self.display_uri} refused user {MLFLOW_TRACKING_USERNAME.get()!r} permission to "
                     f"write to experiment {where!r} (403 Permission denied); ask its admin for EDIT permission on "
                     "it, or set tracking.experiment to an experiment you may write to"
                 ) from None
@@ -217,7 +224,7 @@ def _stored(run) -> StoredRun:
 
 
 def _reason(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0][:200]
+    return redact(str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__)
 
 
 def _probe(uri: str) -> None:
@@ -226,7 +233,7 @@ def _probe(uri: str) -> None:
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise ConfigError(
-            f"tracking.uri={uri!r} is unreachable ({reason}); start the server, or leave tracking.uri "
+            f"tracking.uri={redact(uri)!r} is unreachable ({reason}); start the server, or leave tracking.uri "
             "null and MLFLOW_TRACKING_URI unset to log to ./mlflow.db"
         ) from None
 
