@@ -13,22 +13,35 @@ float32 array: only the (n_samples, n_classes) margins are allocated.
 from __future__ import annotations
 
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 
 class OneVsRestLinear(ClassifierMixin, BaseEstimator):
-    """Prediction of a fitted one-vs-rest linear model: `coef_` (k, n_features), `intercept_` (k,), `classes_`."""
+    """Prediction of a fitted one-vs-rest linear model: `coef_` (k, n_features), `intercept_` (k,), `classes_`.
+
+    Also the settings its squared-hinge solvers share, checked by `_validate_params` at the start of `fit`
+    (a bad value raises a ValueError that quotes it and the allowed range, as scikit-learn's own do).
+    """
+
+    _parameter_constraints: dict = {
+        "C": [Interval(Real, 0.0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "tol": [Interval(Real, 0.0, None, closed="neither")],
+        "warm_start": ["boolean"],
+    }
 
     def decision_function(self, X) -> np.ndarray:
         """Signed distance to each one-vs-rest hyperplane; one column (raveled) for two classes."""
         check_is_fitted(self)
-        X = check_array(X, dtype=[np.float32, np.float64])
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
         scores = X @ self.coef_.T + self.intercept_
         return scores.ravel() if scores.shape[1] == 1 else scores
 
@@ -48,12 +61,12 @@ class LbfgsSVC(OneVsRestLinear):
         self.warm_start = warm_start  # start from the last fit's solution (a C path), as LogisticRegression does
 
     def fit(self, X, y):
-        X, y = check_X_y(X, y, dtype=[np.float32, np.float64], copy=False)
+        self._validate_params()
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         binarizer = LabelBinarizer(neg_label=-1, pos_label=1)
         Y = binarizer.fit_transform(y).astype(X.dtype)  # (n, k); k == 1 for two classes
         self.classes_ = binarizer.classes_
         n_features, k = X.shape[1], Y.shape[1]
-        self.n_features_in_ = n_features
 
         def objective(flat: np.ndarray):
             W = flat.reshape(n_features + 1, k).astype(X.dtype)
