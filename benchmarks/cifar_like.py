@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlsweep.stages import cifar10
+from tlsweep.stages.data import cifar10
 
 
 def _images(n_per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

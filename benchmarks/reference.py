@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from keras.applications.vgg16 import VGG16, preprocess_input  # noqa: E402
 from sklearn.svm import LinearSVC  # noqa: E402
 
-from tlsweep.stages import cifar10  # noqa: E402
+from tlsweep.stages.data import cifar10  # noqa: E402
 
 # sweep(args, x_train, y_train, x_test, y_test) -> (extraction seconds, fit seconds, figures per layer)
 Sweep = Callable[..., tuple[float, float, dict]]

@@ -41,7 +41,7 @@ def main() -> None:
     y = np.concatenate([np.full(len(part), label) for (label, _), part in zip(entries, parts)])
     before = max_rss_bytes()
 
-    from tlsweep.stages.classify import make_classifier
+    from tlsweep.stages.probe.classify import make_classifier
 
     estimator = make_classifier(name=args.estimator, C=0.1, loss="squared_hinge", max_iter=args.max_iter,
                                 tol=1e-4, dual="auto", seed=0)

@@ -2,7 +2,7 @@
 
 Times, on the same images and the same VGG16: `predict` on a single cut model (block5_pool, the deepest
 cut, so the most work per image), `predict` on the three-output model, and tlsweep's
-`features.extract_features` filling a fresh cache for the three cuts. The MACs per image are counted from
+`extraction.extract_features` filling a fresh cache for the three cuts. The MACs per image are counted from
 the model's Conv2D layers; the machine's peak is estimated with a large float32 matmul. Prints one JSON line.
 """
 
@@ -19,7 +19,8 @@ import keras
 import numpy as np
 from keras.applications.vgg16 import VGG16, preprocess_input
 
-from tlsweep.stages import data, features
+from tlsweep.stages.data import datasets
+from tlsweep.stages.features import extraction
 
 LAYERS = ("block3_pool", "block4_pool", "block5_pool")
 
@@ -72,12 +73,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
 
-    dataset = data.load_cifar10(str(args.data))
+    dataset = datasets.load_cifar10(str(args.data))
     classes = [4, 5, 6, 7, 8, 9]
     rows = np.concatenate([dataset.test.indices_of(c) for c in classes])[: args.images]
-    subset = data.Dataset(
+    subset = datasets.Dataset(
         name=dataset.name, class_names=dataset.class_names, train=dataset.train,
-        test=data.ImageSet("test", dataset.test.images[rows], dataset.test.labels[rows]),
+        test=datasets.ImageSet("test", dataset.test.images[rows], dataset.test.labels[rows]),
         fingerprint=f"{dataset.fingerprint}-bench{len(rows)}", source=dataset.source,
     )
     n = len(rows)
@@ -99,7 +100,7 @@ def main() -> None:
     scratch = Path(__file__).parent / "results"  # git-ignored; may not exist yet when run.py writes elsewhere
     scratch.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as cache_root:
-        found = features.extract_features(
+        found = extraction.extract_features(
             dataset=subset, image_set="test", layer="block5_pool", classes=present, backbone="vgg16",
             weights=None, seed=0, input_size=32, batch_size=args.batch_size, cache_root=Path(cache_root),
             sweep_layers=list(LAYERS),

@@ -2,7 +2,7 @@
 
 Each file names the backbone as users type it (`model=resnet50_v2`), its ImageNet weights, and as
 `default_layer` the last layer of the include_top=False model: the output of the last convolutional stage,
-and as `stages` the layers a researcher would cut at, input to output (tlsweep.stages.model_stages.stage_layers).
+and as `stages` the layers a researcher would cut at, input to output (tlsweep.stages.backbone.model_stages.stage_layers).
 `--check` writes nothing and exits 1 when a file is missing, stale or left over (e.g. after a Keras upgrade).
 Building every model takes a few minutes on a CPU.
 """
@@ -18,7 +18,7 @@ BATCH_SIZE = 256  # images per forward pass; lower it (model.batch_size=...) for
 
 
 def config_text(name: str) -> str:
-    from tlsweep.stages import model_stages, models
+    from tlsweep.stages.backbone import model_stages, models
 
     module, constructor = models.backbones()[name]
     default_layer = models.architecture_layer_names(name)[-1]
@@ -30,7 +30,7 @@ def config_text(name: str) -> str:
         "# Written by scripts/model_configs.py; default_layer is the last layer of the include_top=False model.\n"
         "defaults:\n  - model_schema\n  - _self_\n\n"
         f"name: {name}\nweights: imagenet\ndefault_layer: {default_layer}\nbatch_size: {BATCH_SIZE}\n"
-        "# the end of each stage, input to output (tlsweep.stages.model_stages.stage_layers): where a depth profile cuts\n"
+        "# the end of each stage, input to output (tlsweep.stages.backbone.model_stages.stage_layers): where a depth profile cuts\n"
         f"stages:\n{stages}"
     )
 
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="compare with conf/model/ instead of writing")
     args = parser.parse_args(argv)
     from tlsweep import console
-    from tlsweep.stages import models
+    from tlsweep.stages.backbone import models
 
     console.start_backend_quietly()
     wanted = {name: config_text(name) for name in models.backbones()}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tlsweep.stages import cifar10
+from tlsweep.stages.data import cifar10
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -142,10 +142,10 @@ def experiment_runs():
 def extract():
     """`extract(dataset, cache_root, layer="block5_pool", classes=(4, 5, 6), sweep_layers=(), image_set="train")`:
     features of a random-init (seed 0) VGG16 at 32x32, batches of 8, through the cache at cache_root."""
-    from tlsweep.stages import features
+    from tlsweep.stages.features import extraction
 
     def extracted(dataset, cache_root, layer="block5_pool", classes=(4, 5, 6), sweep_layers=(), image_set="train"):
-        return features.extract_features(
+        return extraction.extract_features(
             dataset=dataset, image_set=image_set, layer=layer, classes=list(classes), backbone="vgg16",
             weights=None, seed=0, input_size=32, batch_size=8, cache_root=cache_root, sweep_layers=sweep_layers,
         )

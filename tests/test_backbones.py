@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from tlsweep import layers
 from tlsweep.errors import ConfigError, FetchError
-from tlsweep.stages import models
+from tlsweep.stages.backbone import models
 from tlsweep.validate import validate
 
 TYPED_NAMES = ["vgg16", "vgg19", "resnet50", "resnet101_v2", "inception_v3", "inception_resnet_v2", "xception",

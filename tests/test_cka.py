@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from tlsweep.stages import cka
+from tlsweep.stages.analysis import cka
 
 
 def feature_space_cka(x: np.ndarray, y: np.ndarray) -> float:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlsweep.stages import data, features, models
+from tlsweep.stages.backbone import models
+from tlsweep.stages.data import datasets
+from tlsweep.stages.features import extraction
 
 SEED_CUTS = {"block3_pool": 4096, "block4_pool": 2048, "block5_pool": 512}
 
 
 @pytest.fixture
 def dataset(tmp_path, cifar_writer):
-    return data.load_dataset(name="cifar10", path=str(cifar_writer(tmp_path / "d", train_per_class_per_batch=1)))
+    return datasets.load_dataset(name="cifar10", path=str(cifar_writer(tmp_path / "d", train_per_class_per_batch=1)))
 
 
 def test_seed_cuts_flatten_to_4096_2048_512(dataset, tmp_path, extract):
@@ -60,7 +62,7 @@ def test_unknown_layer_names_the_closest_layers_and_the_command_that_lists_them(
 @pytest.mark.parametrize("name, layer", [("vgg19", "block4_pool"), ("resnet50", "conv4_block6_out"),
                                          ("mobilenet_v2", "out_relu")])
 def test_other_backbones_build_and_cut(dataset, tmp_path, name, layer):
-    result = features.extract_features(
+    result = extraction.extract_features(
         dataset=dataset, image_set="test", layer=layer, classes=[0, 1], backbone=name, weights=None, seed=0,
         input_size=32, batch_size=8, cache_root=tmp_path / "c",
     )

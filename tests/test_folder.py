@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tlsweep.errors import ConfigError, DataError
-from tlsweep.stages import data, folder
+from tlsweep.stages.data import datasets, folder
 from tlsweep.validate import validate
 
 # every format and mode data=folder reads (JPEG holds no palette or alpha; GIF holds palettes only)
@@ -23,7 +23,7 @@ def _folder(compose, path, *overrides):
 
 
 def _load(path, image_size=None, test_fraction=0.2, skip_bad_images=False):
-    return data.load_dataset(name="folder", path=str(path), image_size=image_size, test_fraction=test_fraction,
+    return datasets.load_dataset(name="folder", path=str(path), image_size=image_size, test_fraction=test_fraction,
                              skip_bad_images=skip_bad_images)
 
 
@@ -200,7 +200,7 @@ def test_folder_classes_default_to_every_class_folder(tmp_path, image_folder_wri
     assert list(cfg.data.classes) == [0, 1, 2]
     assert validate(cfg).data.classes == [0, 1, 2]
     assert list(_folder(compose, root, "data.classes=[0,2]").data.classes) == [0, 2]
-    assert data.describe_classes("folder", [0, 2], str(root)) == "cat,eel"
+    assert datasets.describe_classes("folder", [0, 2], str(root)) == "cat,eel"
     with pytest.raises(ConfigError, match=r"data.classes should hold integers 0..2; received data.classes=\[0, 3\]"):
         validate(_folder(compose, root, "data.classes=[0,3]"))
     with pytest.raises(ConfigError, match="data.path should be a folder .* received data.path=None"):

@@ -15,10 +15,10 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from tlsweep.stages import newton_svc
-from tlsweep.stages.classify import fit_classifier, make_classifier
-from tlsweep.stages.lbfgs_svc import LbfgsSVC
-from tlsweep.stages.newton_svc import NewtonSVC, squared_hinge_objective
+from tlsweep.stages.probe import newton_svc
+from tlsweep.stages.probe.classify import fit_classifier, make_classifier
+from tlsweep.stages.probe.lbfgs_svc import LbfgsSVC
+from tlsweep.stages.probe.newton_svc import NewtonSVC, squared_hinge_objective
 
 
 def _digits():

@@ -165,7 +165,7 @@ def test_a_job_logs_its_own_pipeline_on_request_and_it_resizes_as_training_did(i
     """mobilenet_v2 on CIFAR-10 files resized from 32 to 40 by Keras: the job's own `model` predicts its test split."""
     import mlflow.pyfunc
 
-    from tlsweep.stages import cifar10
+    from tlsweep.stages.data import cifar10
 
     result = cli("model=mobilenet_v2", "layer=block_5_add", "data.image_size=40", "data.classes=[4,5,6]",
                  f"data.path={cifar_dir}", "tracking.log_pipeline=true", *tiny, cwd=isolated)
@@ -181,7 +181,7 @@ def test_a_job_logs_its_own_pipeline_on_request_and_it_resizes_as_training_did(i
 
 def test_bad_images_for_a_pipeline_get_one_line(isolated):
     from tlsweep.errors import DataError
-    from tlsweep.stages.pipeline import ProbePipeline, PipelineSpec
+    from tlsweep.stages.probe.pipeline import PipelineSpec, ProbePipeline
 
     pipeline = ProbePipeline(spec=PipelineSpec("vgg16", "block1_pool", 32, "keras", "avg", 2, [0], ["a"]),
                              extractor=None, probe=None)

@@ -11,9 +11,10 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 
-from tlsweep.job import run
 from tlsweep.config import _default_C_grid
-from tlsweep.stages import classify, features
+from tlsweep.job import run
+from tlsweep.stages.features import extraction
+from tlsweep.stages.probe import classify
 from tlsweep.sweep import summary
 from tlsweep.tracking.record import RunRecord, StoredRun
 
@@ -51,7 +52,7 @@ def test_coarse_to_fine_search_picks_a_C_as_good_on_val_as_the_whole_grid(digits
 
 
 def test_the_search_solves_the_squared_hinge_warm_started_from_one_C_to_the_next(digits_split, monkeypatch):
-    from tlsweep.stages import newton_svc
+    from tlsweep.stages.probe import newton_svc
 
     cold_starts, solve = [], newton_svc.trust_region_newton
 
@@ -70,7 +71,7 @@ def test_the_search_solves_the_squared_hinge_warm_started_from_one_C_to_the_next
 def test_pooling_of_a_known_map():
     maps = np.arange(2 * 5 * 4 * 3, dtype=np.float32).reshape(2, 5, 4, 3)
     flat = maps.reshape(2, -1)
-    pooled = {name: features.pool(flat, map_shape=(5, 4, 3), pooling=name, grid_size=2) for name in features.POOLINGS}
+    pooled = {name: extraction.pool(flat, map_shape=(5, 4, 3), pooling=name, grid_size=2) for name in extraction.POOLINGS}
     np.testing.assert_array_equal(pooled["flatten"], flat)
     np.testing.assert_allclose(pooled["avg"], maps.mean(axis=(1, 2)))
     np.testing.assert_array_equal(pooled["max"], maps.max(axis=(1, 2)))
@@ -79,22 +80,22 @@ def test_pooling_of_a_known_map():
                          maps[:, 2:5, 0:2].mean(axis=(1, 2)), maps[:, 2:5, 2:4].mean(axis=(1, 2))], axis=1)
     np.testing.assert_allclose(pooled["grid"], expected.reshape(2, -1))
     for name, values in pooled.items():
-        assert values.shape[1] == features.pooled_dim((5, 4, 3), pooling=name, grid_size=2)
+        assert values.shape[1] == extraction.pooled_dim((5, 4, 3), pooling=name, grid_size=2)
 
 
 def test_every_pooling_comes_from_one_cnn_pass(isolated, cifar_dir):
-    from tlsweep.stages import data
+    from tlsweep.stages.data import datasets
 
-    dataset = data.load_dataset(name="cifar10", path=str(cifar_dir))
+    dataset = datasets.load_dataset(name="cifar10", path=str(cifar_dir))
     kwargs = dict(dataset=dataset, image_set="train", layer="block3_pool", classes=[4, 5], backbone="vgg16",
                   weights=None, seed=0, input_size=32, batch_size=16, cache_root=isolated / "cache")
-    flat = features.extract_features(**kwargs)
+    flat = extraction.extract_features(**kwargs)
     assert flat.cnn_images == 20 and flat.dim == 4 * 4 * 256
     dims = {"avg": 256, "max": 256, "grid": 2 * 2 * 256}
     for pooling, dim in dims.items():
-        pooled = features.extract_features(pooling=pooling, grid_size=2, **kwargs)
+        pooled = extraction.extract_features(pooling=pooling, grid_size=2, **kwargs)
         assert pooled.cnn_images == 0 and pooled.dim == dim and pooled.X.shape == (20, dim)
-        expected = features.pool(flat.X, map_shape=(4, 4, 256), pooling=pooling, grid_size=2)
+        expected = extraction.pool(flat.X, map_shape=(4, 4, 256), pooling=pooling, grid_size=2)
         np.testing.assert_array_equal(pooled.X, expected)
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from tlsweep.job import job_record
 from tlsweep import provenance
 from tlsweep.config import TlsweepConfig
-from tlsweep.stages import report
+from tlsweep.job import job_record
+from tlsweep.stages.analysis import report
 from tlsweep.sweep import summary
 from tlsweep.tracking import record
 from tlsweep.tracking.payload import Payload

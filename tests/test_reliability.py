@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tlsweep.stages import cache, data, features
-from tlsweep.job import run
 from tlsweep.errors import TlsweepError
+from tlsweep.job import run
+from tlsweep.stages.data import datasets
+from tlsweep.stages.features import cache, extraction
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -196,7 +197,7 @@ def _damage_remove_data(npy: Path) -> None:
 @pytest.mark.parametrize("damage", [_damage_truncate, _damage_flip, _damage_sidecar, _damage_remove_data],
                          ids=["truncated", "flipped-byte", "sidecar-disagrees", "data-file-gone"])
 def test_corrupt_cache_entry_is_detected_logged_and_recomputed(tmp_path, cifar_writer, extract, damage, caplog):
-    dataset = data.load_dataset(name="cifar10", path=str(cifar_writer(tmp_path / "d")))
+    dataset = datasets.load_dataset(name="cifar10", path=str(cifar_writer(tmp_path / "d")))
     first = extract(dataset, tmp_path / "c")
     (npy,) = (tmp_path / "c").glob("*/train-block5_pool-class5.npy")
     damage(npy)
@@ -224,8 +225,8 @@ def test_interrupted_write_leaves_no_entry_and_no_temporary_file(tmp_path):
 
 
 def test_temporary_files_of_a_killed_extraction_are_cleared_by_the_next(tmp_path, cifar_writer, extract):
-    dataset = data.load_dataset(name="cifar10", path=str(cifar_writer(tmp_path / "d")))
-    folder = features.FeatureKey("vgg16", "random-seed0", dataset.fingerprint, 32).cache(tmp_path / "c").folder
+    dataset = datasets.load_dataset(name="cifar10", path=str(cifar_writer(tmp_path / "d")))
+    folder = extraction.FeatureKey("vgg16", "random-seed0", dataset.fingerprint, 32).cache(tmp_path / "c").folder
     folder.mkdir(parents=True)
     stale = folder / ".train-block5_pool-class4.x1y2.npy.tmp"  # what SIGKILL mid-pass leaves
     stale.write_bytes(b"\x93NUMPY half")

@@ -79,7 +79,8 @@ def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_i
 
     # every image went through the CNN once: the other processes waited for the entry, then read it
     assert sum(children[layer].data.metrics["cnn_forward_images"] for layer in LAYERS) == 60 + 24
-    from tlsweep.stages import cache, data, features
+    from tlsweep.stages.data import datasets
+    from tlsweep.stages.features import cache, extraction
 
     (folder,) = [p for p in (isolated / "cache").iterdir() if p.is_dir()]
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*"))
@@ -90,13 +91,13 @@ def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_i
     assert len(entries) == 2 * len(LAYERS) * 6  # train and test, three cuts, six classes
 
     # the entries hold what one process alone computes from scratch
-    dataset = data.load_dataset(name="cifar10", path=str(cifar_dir))
+    dataset = datasets.load_dataset(name="cifar10", path=str(cifar_dir))
     for image_set in ("train", "test"):
         for layer in LAYERS:
             kwargs = dict(dataset=dataset, image_set=image_set, layer=layer, classes=[4, 5, 6, 7, 8, 9],
                           backbone="vgg16", weights=None, seed=0, input_size=32, batch_size=16)
-            shared = features.extract_features(cache_root=isolated / "cache", **kwargs)
-            alone = features.extract_features(cache_root=isolated / "alone", sweep_layers=LAYERS,
+            shared = extraction.extract_features(cache_root=isolated / "cache", **kwargs)
+            alone = extraction.extract_features(cache_root=isolated / "alone", sweep_layers=LAYERS,
                                               **kwargs)
             assert shared.cnn_images == 0
             np.testing.assert_allclose(shared.X, alone.X, rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ from sklearn.decomposition import PCA
 
 from tlsweep import scores
 from tlsweep.scores import SCORES, gbc, knn_accuracy, logme
-from tlsweep.stages.cka import subsample_rows
+from tlsweep.stages.analysis.cka import subsample_rows
 
 
 def logme_reference(features: np.ndarray, labels: np.ndarray) -> float:

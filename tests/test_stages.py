@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from tlsweep import identity, layers
 from tlsweep.errors import ConfigError
-from tlsweep.stages import model_stages, models
+from tlsweep.stages.backbone import model_stages, models
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {path.stem: OmegaConf.load(path) for path in sorted((ROOT / "conf" / "model").glob("*.yaml"))}
@@ -74,7 +74,7 @@ def test_the_resolution_rule_skips_padding_squeeze_vectors_and_the_input_resolut
 
 def test_a_family_whose_names_stop_matching_falls_back_to_the_resolution_rule(monkeypatch, caplog):
     monkeypatch.setitem(model_stages.STAGE_BLOCKS, "vgg16", r"renamed_\d+")
-    with caplog.at_level(logging.WARNING, logger="tlsweep.stages.model_stages"):
+    with caplog.at_level(logging.WARNING, logger="tlsweep.stages.backbone.model_stages"):
         stages = model_stages.stage_layers.__wrapped__("vgg16")  # uncached: the rule as patched
     assert stages == ("block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3", "block5_pool")
     assert "vgg16: only 1 stage(s) from its block names (renamed_\\d+)" in caplog.text

@@ -89,7 +89,7 @@ FOLDER_CLASSES = "tlsweep.folder_classes"
 
 def _all_folder_classes(path: Optional[str]) -> list[int]:
     """Indices of every class folder of `path`; [] when it cannot be listed, which validation then explains."""
-    from tlsweep.stages import folder
+    from tlsweep.stages.data import folder
 
     return list(range(len(folder.class_folder_names(path)))) if path else []
 

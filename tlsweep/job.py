@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from tlsweep import identity, preflight, provenance
 from tlsweep.config import TlsweepConfig, default_tracking_uri
 from tlsweep.errors import ConfigError, TlsweepError
-from tlsweep.stages import data, models
+from tlsweep.stages.backbone import models
+from tlsweep.stages.data import datasets
 from tlsweep.sweep import context
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
@@ -108,7 +109,7 @@ def job_record(cfg: DictConfig) -> JobRecord:
         Tag.CONFIG_HASH: identity.config_hash(resolved),
         Tag.LAYER: cfg.layer,
         Tag.MODEL: cfg.model.name,
-        Tag.CLASSES: data.describe_classes(cfg.data.name, list(cfg.data.classes), cfg.data.path),
+        Tag.CLASSES: datasets.describe_classes(cfg.data.name, list(cfg.data.classes), cfg.data.path),
         Tag.DEMO: str(cfg.demo).lower(),
     }
     return JobRecord(params=dict(identity.flatten(resolved)), config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
@@ -190,7 +191,7 @@ def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = 
     return result.accuracy("val")
 
 
-def _reusable(spec: JobSpec, config: TlsweepConfig, target: LogTarget) -> tuple[Optional[data.Dataset],
+def _reusable(spec: JobSpec, config: TlsweepConfig, target: LogTarget) -> tuple[Optional[datasets.Dataset],
                                                                                   Optional[float]]:
     """resume=true: (the data set, if it had to be loaded; the val accuracy of a FINISHED run of the same
     configuration on the same data and weights, or None to run it). A run whose data or weights fingerprint
@@ -198,7 +199,7 @@ def _reusable(spec: JobSpec, config: TlsweepConfig, target: LogTarget) -> tuple[
     done = runs.finished_job(target.store, target.experiment_id, spec.config_hash)
     if done is None:
         return None, None
-    dataset = data.load_dataset(name=config.data.name, path=config.data.path, image_size=config.data.image_size,
+    dataset = datasets.load_dataset(name=config.data.name, path=config.data.path, image_size=config.data.image_size,
                                 test_fraction=config.data.test_fraction, skip_bad_images=config.data.skip_bad_images)
     current = {identity.DATA_FINGERPRINT: dataset.fingerprint,
                identity.WEIGHTS_FINGERPRINT: models.weights_fingerprint(config.model.weights, config.seed)}

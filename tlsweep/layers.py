@@ -66,7 +66,7 @@ def machine_memory() -> int:
 
 def training_rows(config: TlsweepConfig) -> int:
     """How many rows the probe is fitted on at most, from a listing of the data (nothing is decoded)."""
-    from tlsweep.stages import data, folder
+    from tlsweep.stages.data import datasets, folder
 
     spec, classes = config.data, list(config.data.classes)
     if spec.name == "folder":
@@ -74,7 +74,7 @@ def training_rows(config: TlsweepConfig) -> int:
         share = 1.0 if layout.has_test_folder else 1.0 - spec.test_fraction
         per_class = [len(layout.files["train"][c]) * share for c in classes]
     elif spec.name == "digits":
-        labels = data.load_dataset(name="digits", path=None).train.labels
+        labels = datasets.load_dataset(name="digits", path=None).train.labels
         per_class = [int((labels == c).sum()) for c in classes]
     else:
         per_class = [CIFAR10_TRAIN_PER_CLASS] * len(classes)
@@ -86,14 +86,15 @@ def training_rows(config: TlsweepConfig) -> int:
 
 def layer_rows(config: TlsweepConfig, input_size: int, *, budget: int, n_rows: int) -> list[list]:
     """One row per cut layer: index, name, output shape, flattened and pooled sizes, fit memory, mark."""
-    from tlsweep.stages import features, models
+    from tlsweep.stages.backbone import models
+    from tlsweep.stages.features import extraction
 
     model = models.build_backbone(name=config.model.name, weights=None, input_size=input_size, seed=0)
     per_value = FIT_BYTES_PER_VALUE[config.classifier.name] + NORMALIZE_COPY_BYTES[config.features.normalize]
     rows = []
     for index, (name, shape) in enumerate(models.cut_shapes(model).items(), start=1):
-        flat = features.pooled_dim(shape, pooling="flatten", grid_size=config.features.grid_size)
-        pooled = [features.pooled_dim(shape, pooling=p, grid_size=config.features.grid_size) for p in ("avg", "max", "grid")]
+        flat = extraction.pooled_dim(shape, pooling="flatten", grid_size=config.features.grid_size)
+        pooled = [extraction.pooled_dim(shape, pooling=p, grid_size=config.features.grid_size) for p in ("avg", "max", "grid")]
         need = n_rows * flat * per_value
         rows.append([index, name, "x".join(map(str, shape)), flat, *pooled, f"{need / GIB:.2f}",
                      "*" if need > budget else ""])
@@ -103,9 +104,11 @@ def layer_rows(config: TlsweepConfig, input_size: int, *, budget: int, n_rows: i
 def check_stage_memory(config: TlsweepConfig, stages: Sequence[str]) -> None:
     """Before `layer=stages`: refuse, in one line, a stage whose features (as pooled) would not fit a linear
     probe in this machine's memory; warn when one would take more than half of it."""
-    from tlsweep.stages import data, features, models
+    from tlsweep.stages.backbone import models
+    from tlsweep.stages.data import datasets
+    from tlsweep.stages.features import extraction
 
-    input_size = data.input_size(name=config.data.name, path=config.data.path, image_size=config.data.image_size)
+    input_size = datasets.input_size(name=config.data.name, path=config.data.path, image_size=config.data.image_size)
     models.check_input_size(config.model.name, input_size)
     shapes = models.cut_shapes(models.build_backbone(name=config.model.name, weights=None, input_size=input_size,
                                                      seed=0))
@@ -114,7 +117,7 @@ def check_stage_memory(config: TlsweepConfig, stages: Sequence[str]) -> None:
     per_value = FIT_BYTES_PER_VALUE[config.classifier.name] + NORMALIZE_COPY_BYTES[config.features.normalize]
     pooling, grid = config.features.pooling, config.features.grid_size
     for stage in stages:
-        dim = features.pooled_dim(shapes[stage], pooling=pooling, grid_size=grid)
+        dim = extraction.pooled_dim(shapes[stage], pooling=pooling, grid_size=grid)
         need = n_rows * dim * per_value
         what = (f"stage {stage} of {config.model.name} gives {dim} features per image at {input_size}x{input_size} "
                 f"with features.pooling={pooling}: fitting {config.classifier.name} on {n_rows} training images "
@@ -133,7 +136,7 @@ def stage_marks(model: str, stages: Sequence[str]) -> dict[str, str]:
 
     The stages are the config's model.stages, or the model's own (stage_layers) when the config names none.
     """
-    from tlsweep.stages import model_stages
+    from tlsweep.stages.backbone import model_stages
 
     stages = list(stages) or list(model_stages.stage_layers(model))
     return {layer: f"    ^ stage {number} of {len(stages)}, layer_depth "
@@ -143,9 +146,10 @@ def stage_marks(model: str, stages: Sequence[str]) -> dict[str, str]:
 
 def report(config: TlsweepConfig) -> str:
     """The table and the lines around it that say what it assumed."""
-    from tlsweep.stages import data, models
+    from tlsweep.stages.backbone import models
+    from tlsweep.stages.data import datasets
 
-    input_size = data.input_size(name=config.data.name, path=config.data.path, image_size=config.data.image_size)
+    input_size = datasets.input_size(name=config.data.name, path=config.data.path, image_size=config.data.image_size)
     models.check_input_size(config.model.name, input_size, received=(
         f"data.image_size={config.data.image_size}" if config.data.image_size is not None else
         f"data.image_size=null, which keeps the {input_size}x{input_size} images of data={config.data.name}"))

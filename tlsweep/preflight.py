@@ -13,7 +13,8 @@ from typing import Sequence
 
 from tlsweep.config import TlsweepConfig
 from tlsweep.errors import FetchError
-from tlsweep.stages import data, models
+from tlsweep.stages.backbone import models
+from tlsweep.stages.data import datasets
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def fetch(configs: Sequence[TlsweepConfig]) -> None:
     missing: list[FetchError] = []
     if any(config.data.name == "cifar10" and config.data.path is None for config in configs):
         try:
-            data.load_dataset(name="cifar10", path=None)
+            datasets.load_dataset(name="cifar10", path=None)
         except FetchError as err:
             missing.append(err)
     # the download does not depend on the size; a folder's own size is not known here

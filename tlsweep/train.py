@@ -10,35 +10,39 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tlsweep.config import TlsweepConfig, default_cache_dir
-from tlsweep.stages import cache, classify, data, features, model_stages, models, report
-from tlsweep.stages.pipeline import PipelineSpec, ProbePipeline
+from tlsweep.stages.analysis import report
+from tlsweep.stages.backbone import model_stages, models
+from tlsweep.stages.data import datasets
+from tlsweep.stages.features import cache, extraction
+from tlsweep.stages.probe import classify
+from tlsweep.stages.probe.pipeline import PipelineSpec, ProbePipeline
 from tlsweep.tracking.payload import DatasetRecord, PipelineModel, ProbeModel
 from tlsweep.tracking.record import JobResult
 
 
 def train_and_evaluate(config: TlsweepConfig, *, sweep_layers: Sequence[str] = (),
-                       dataset: Optional[data.Dataset] = None) -> JobResult:
+                       dataset: Optional[datasets.Dataset] = None) -> JobResult:
     """The stages, top to bottom: data (unless given), features, fit (or choose C on val and refit), evaluate."""
     start = time.perf_counter()
     cache_root = cache.ensure_writable(default_cache_dir(config.cache_dir))
     if dataset is None:
-        dataset = data.load_dataset(name=config.data.name, path=config.data.path, image_size=config.data.image_size,
+        dataset = datasets.load_dataset(name=config.data.name, path=config.data.path, image_size=config.data.image_size,
                                     test_fraction=config.data.test_fraction,
                                     skip_bad_images=config.data.skip_bad_images)
     classes = list(config.data.classes)
     names = [dataset.class_names[c] for c in classes]
     # split on the labels alone, so a bad val_fraction or train_per_class fails before the CNN runs
-    labels = data.subset_labels(dataset.train, classes)
-    train_idx, val_idx = data.split_train_val(labels, val_fraction=config.data.val_fraction, seed=config.seed)
+    labels = datasets.subset_labels(dataset.train, classes)
+    train_idx, val_idx = datasets.split_train_val(labels, val_fraction=config.data.val_fraction, seed=config.seed)
     if config.data.train_per_class is not None:
-        train_idx = data.few_shot(train_idx, labels, per_class=config.data.train_per_class, seed=config.seed)
+        train_idx = datasets.few_shot(train_idx, labels, per_class=config.data.train_per_class, seed=config.seed)
     input_size = dataset.train.images.shape[1] if config.data.image_size is None else config.data.image_size
     common = dict(dataset=dataset, layer=config.layer, classes=classes, backbone=config.model.name,
                   weights=config.model.weights, seed=config.seed, input_size=input_size,
                   batch_size=config.model.batch_size, cache_root=cache_root, sweep_layers=sweep_layers,
                   pooling=config.features.pooling, grid_size=config.features.grid_size)
-    train = features.extract_features(image_set="train", **common)
-    test = features.extract_features(image_set="test", **common)
+    train = extraction.extract_features(image_set="train", **common)
+    test = extraction.extract_features(image_set="test", **common)
 
     evaluate = functools.partial(report.classification_reports, labels=classes, names=names,
                                  title=f"{config.model.name} {config.layer}: ")
@@ -49,7 +53,7 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers: Sequence[str] = (
                         grid_size=config.features.grid_size, labels=classes, class_names=names,
                         weights=models.resolved_weights(config.model.weights), seed=config.seed)
     first = np.arange(min(2, len(test.y)))  # the input examples: two test images, as the data set holds them
-    example_images = dataset.test.images[data.class_order(dataset.test, classes)[first]]
+    example_images = dataset.test.images[datasets.class_order(dataset.test, classes)[first]]
     probe = ProbeModel(fit.estimator, test.take(first), spec, example_images)
     pipeline = (PipelineModel(ProbePipeline.build(spec=spec, probe=fit.estimator), example_images)
                 if config.tracking.log_pipeline else None)
@@ -61,7 +65,7 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers: Sequence[str] = (
         fit_seconds=fit.fit_seconds + (search.search_seconds if search else 0.0), n_iter=fit.n_iter,
         converged=fit.converged, fit_warnings=(search.best.warnings if search else []) + fit.warnings,
         total_seconds=time.perf_counter() - start, n_fit=fit.n_fit, selected_C=float(fit.estimator[-1].C),
-        split_digest=data.split_digest(train_idx, val_idx),
+        split_digest=datasets.split_digest(train_idx, val_idx),
         search_Cs=search.Cs if search else (), search_val_accuracy=search.val_accuracy if search else (),
         search_png=report.search_plot(search.Cs, search.val_accuracy, search.selected_C,
                                       title=f"{config.model.name} {config.layer}") if search else None,
@@ -69,7 +73,7 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers: Sequence[str] = (
                                    "val": [train.ids[row] for row in val_idx], "test": list(test.ids)},
         skipped=tuple(dataset.skipped),
         datasets=[DatasetRecord(name=f"{dataset.name} {split}", digest=dataset.fingerprint, source=dataset.source,
-                                source_type=data.source_type(dataset.source), context=split,
+                                source_type=datasets.source_type(dataset.source), context=split,
                                 profile={"images": count, "classes": names})
                   for split, count in (("train", len(train_idx)), ("val", len(val_idx)), ("test", len(test.y)))],
         probe=probe, pipeline=pipeline, cache_folder=train.cache_folder,
@@ -78,7 +82,7 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers: Sequence[str] = (
     )
 
 
-def _fit_and_evaluate(config: TlsweepConfig, *, train: features.Features, test: features.Features,
+def _fit_and_evaluate(config: TlsweepConfig, *, train: extraction.Features, test: extraction.Features,
                       train_idx: np.ndarray, val_idx: np.ndarray, evaluate) -> tuple:
     """Fit with the configured C and report train, val and test; or, with C=auto, choose C on val and refit.
 

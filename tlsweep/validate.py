@@ -16,7 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlsweep.config import TlsweepConfig
 from tlsweep.errors import ConfigError
-from tlsweep.stages import classify, data, features, folder, models
+from tlsweep.stages.backbone import models
+from tlsweep.stages.data import datasets, folder
+from tlsweep.stages.features import extraction
+from tlsweep.stages.probe import classify
 
 
 def validate(cfg: DictConfig) -> TlsweepConfig:
@@ -48,8 +51,8 @@ def _model(config: TlsweepConfig) -> None:
 def _data(config: TlsweepConfig) -> int:
     """Check the data keys; the backbone's square input size they give."""
     spec = config.data
-    if spec.name not in data.DATASETS:
-        raise ConfigError(f"data.name should be one of {list(data.DATASETS)}; received data.name={spec.name!r}")
+    if spec.name not in datasets.DATASETS:
+        raise ConfigError(f"data.name should be one of {list(datasets.DATASETS)}; received data.name={spec.name!r}")
     if spec.name == "digits" and spec.path is not None:
         raise ConfigError(
             f"data.path should be null for data.name='digits' (bundled with scikit-learn); received data.path={spec.path!r}"
@@ -65,7 +68,7 @@ def _data(config: TlsweepConfig) -> int:
     if spec.name == "folder":
         class_names, native_size = _folder(spec)
     else:
-        class_names, native_size = data.CLASS_NAMES[spec.name], data.NATIVE_SIZES[spec.name]
+        class_names, native_size = datasets.CLASS_NAMES[spec.name], datasets.NATIVE_SIZES[spec.name]
     validate_classes(list(spec.classes), class_names)
     if spec.train_per_class is not None and not _positive_int(spec.train_per_class):
         raise ConfigError(
@@ -93,9 +96,9 @@ def _folder(spec) -> tuple[tuple[str, ...], Optional[int]]:
 
 def _features(config: TlsweepConfig) -> None:
     spec = config.features
-    if spec.pooling not in features.POOLINGS:
+    if spec.pooling not in extraction.POOLINGS:
         raise ConfigError(
-            f"features.pooling should be one of {list(features.POOLINGS)}; received features.pooling={spec.pooling!r}"
+            f"features.pooling should be one of {list(extraction.POOLINGS)}; received features.pooling={spec.pooling!r}"
         )
     if not _positive_int(spec.grid_size):
         raise ConfigError(f"features.grid_size should be an integer >= 1; received features.grid_size={spec.grid_size!r}")

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 
 from tlsweep.scores import _arrays
-from tlsweep.stages.cka import centered_gram
+from tlsweep.stages.analysis.cka import centered_gram
 
 VARIANCE_FLOOR = 1e-4  # as the published GBC code: a feature constant within a class would divide by 0
 

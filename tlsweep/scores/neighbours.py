@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from tlsweep.scores import _arrays
-from tlsweep.stages.cka import subsample_rows
+from tlsweep.stages.analysis.cka import subsample_rows
 
 
 def _inverse_norms(x: np.ndarray) -> np.ndarray:

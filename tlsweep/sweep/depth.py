@@ -26,9 +26,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from tlsweep.stages import cka
-from tlsweep.stages.cache import FeatureCache
-from tlsweep.stages.report import figure_png
+from tlsweep.stages.analysis import cka
+from tlsweep.stages.analysis.report import figure_png
+from tlsweep.stages.features.cache import FeatureCache
 from tlsweep.tracking.record import RunRecord
 
 log = logging.getLogger(__name__)

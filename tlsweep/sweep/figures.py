@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from tlsweep import identity
-from tlsweep.stages.report import figure_png
+from tlsweep.stages.analysis.report import figure_png
 from tlsweep.tracking.record import Param, RunRecord
 
 SPLITS = ("train_accuracy", "val_accuracy", "test_accuracy")

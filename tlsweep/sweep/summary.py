@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from tlsweep import identity
-from tlsweep.stages.report import figure_png
+from tlsweep.stages.analysis.report import figure_png
 from tlsweep.sweep import depth, figures
 from tlsweep.tracking.record import COLUMNS, Param, RunRecord
 

@@ -24,7 +24,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import tlsweep
-from tlsweep.stages.pipeline import PipelineSpec, ProbePipeline
+from tlsweep.stages.probe.pipeline import PipelineSpec, ProbePipeline
 from tlsweep.tracking import payload
 
 PROBE, PIPELINE = "probe", "model"  # logged model names: runs:/<run id>/probe, runs:/<run id>/model

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from tlsweep.stages.pipeline import PipelineSpec, ProbePipeline
+from tlsweep.stages.probe.pipeline import PipelineSpec, ProbePipeline
 
 Files = Mapping[str, Union[str, bytes]]  # artifact path -> text, or PNG bytes
 

@@ -15,7 +15,7 @@ class PipelinePyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         from tlsweep import console
-        from tlsweep.stages.pipeline import ProbePipeline
+        from tlsweep.stages.probe.pipeline import ProbePipeline
 
         console.start_backend_quietly()
         self.pipeline = ProbePipeline.load(Path(context.artifacts["pipeline"]))

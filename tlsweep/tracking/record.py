@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from tlsweep import identity
 from tlsweep.config import TlsweepConfig
 from tlsweep.redact import redact, redact_mapping
-from tlsweep.stages.report import SplitReport
+from tlsweep.stages.analysis.report import SplitReport
 from tlsweep.tracking.payload import DatasetRecord, Payload, PipelineModel, ProbeModel, csv_text
 
 

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from tlsweep import provenance
 from tlsweep.errors import ConfigError, LoggingError
-from tlsweep.stages.pipeline import ProbePipeline
+from tlsweep.stages.probe.pipeline import ProbePipeline
 from tlsweep.tracking import heartbeat, models
 from tlsweep.tracking.payload import Payload, PipelineModel
 from tlsweep.tracking.record import Artifact, Kind, RunRecord, StoredRun, Tag, error_line

@@ -13,8 +13,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tlsweep import console
-from tlsweep.stages import cache, models
-from tlsweep.stages.data import Dataset, ImageSet
+from tlsweep.stages.backbone import models
+from tlsweep.stages.data.datasets import Dataset, ImageSet
+from tlsweep.stages.features import cache
 
 log = logging.getLogger(__name__)
 

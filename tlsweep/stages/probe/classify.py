@@ -51,7 +51,7 @@ def make_probe(*, name: str, C: float, loss: str, max_iter: int, tol: float, dua
                warm_start: bool = False):
     """The linear classifier `name` (settings checked by `tlsweep.validate`), unfitted."""
     if name == "lbfgs_svc":
-        from tlsweep.stages.lbfgs_svc import LbfgsSVC
+        from tlsweep.stages.probe.lbfgs_svc import LbfgsSVC
 
         return LbfgsSVC(C=C, max_iter=max_iter, tol=tol, warm_start=warm_start)
     if name == "logreg":  # multinomial for more than two classes, as scikit-learn's default L-BFGS fits it
@@ -67,7 +67,7 @@ def make_search_probe(*, name: str, C: float, loss: str, max_iter: int, tol: flo
     and warm-started, which liblinear cannot do. The refit at the chosen C stays the configured estimator.
     """
     if loss == "squared_hinge":
-        from tlsweep.stages.newton_svc import NewtonSVC
+        from tlsweep.stages.probe.newton_svc import NewtonSVC
 
         return NewtonSVC(C=C, max_iter=max_iter, tol=tol, warm_start=True)
     return make_probe(name=name, C=C, loss=loss, max_iter=max_iter, tol=tol, dual=dual, seed=seed, warm_start=True)

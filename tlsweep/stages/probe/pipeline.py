@@ -19,10 +19,12 @@ import joblib
 import numpy as np
 
 from tlsweep.errors import DataError
-from tlsweep.stages import features, folder, models
+from tlsweep.stages.backbone import models
+from tlsweep.stages.data import folder
+from tlsweep.stages.features import extraction
 
 SPEC, BACKBONE, PROBE = "spec.json", "backbone.keras", "probe.joblib"
-RESIZES = ("keras", "pillow")  # how training resized: per batch in features.forward, or on load in folder.decode
+RESIZES = ("keras", "pillow")  # how training resized: per batch in extraction.forward, or on load in folder.decode
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,11 @@ class ProbePipeline:
         map_shape = tuple(int(d) for d in self.extractor.outputs[0].shape[1:])
         rows = []
         for start in range(0, len(images), spec.batch_size):
-            (value,) = features.forward(self.extractor, preprocess, images[start:start + spec.batch_size],
+            (value,) = extraction.forward(self.extractor, preprocess, images[start:start + spec.batch_size],
                                         spec.input_size, spec.batch_size)
-            rows.append(features.pool(value.reshape(len(value), -1), map_shape=map_shape, pooling=spec.pooling,
+            rows.append(extraction.pool(value.reshape(len(value), -1), map_shape=map_shape, pooling=spec.pooling,
                                       grid_size=spec.grid_size))
-        dim = features.pooled_dim(map_shape, pooling=spec.pooling, grid_size=spec.grid_size)
+        dim = extraction.pooled_dim(map_shape, pooling=spec.pooling, grid_size=spec.grid_size)
         return np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
 
     def predict(self, images: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.validation import validate_data
 
-from tlsweep.stages.lbfgs_svc import OneVsRestLinear
+from tlsweep.stages.probe.lbfgs_svc import OneVsRestLinear
 
 # liblinear's tron.cpp constants: step acceptance (eta), trust-region updates (sigma), CG's relative tolerance
 ETA0, ETA1, ETA2 = 1e-4, 0.25, 0.75

@@ -13,8 +13,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from tlsweep.errors import ConfigError, DataError, FetchError
-from tlsweep.stages import cifar10, folder
-from tlsweep.stages.cifar10 import CLASSES as CIFAR10_CLASSES
+from tlsweep.stages.data import cifar10, folder
+from tlsweep.stages.data.cifar10 import CLASSES as CIFAR10_CLASSES
 
 log = logging.getLogger(__name__)
 

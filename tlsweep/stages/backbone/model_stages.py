@@ -14,7 +14,7 @@ import re
 from types import MappingProxyType
 from typing import Mapping, Optional, Sequence
 
-from tlsweep.stages import models
+from tlsweep.stages.backbone import models
 
 log = logging.getLogger(__name__)
 
