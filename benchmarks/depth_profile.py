@@ -8,7 +8,7 @@ Run it from the repository root:
 It runs `python -m tlsweep -m model=vgg16,resnet50 layer=stages model.weights=null` on generated images in
 the CIFAR-10 format, then reads the sweep back. Per model it reports the stages (child runs), the CNN passes
 (children whose cnn_forward_images > 0: one is right), the images through the CNN, the extraction seconds
-and the fit seconds, summed over the children. It also times `tlsweep.sweep.depth.cka_files` on the sweep's
+and the fit seconds, summed over the children. It also times `tlsweep.sweep.depth.layer_similarity` on the sweep's
 records, as the parent computes them, and gives the wall time of the whole command. With --figures it
 copies the parent's depth profile and CKA heatmaps into that folder. Results go to
 benchmarks/results/depth_profile.{json,md}.
@@ -29,7 +29,7 @@ from tabulate import tabulate
 
 from benchmarks.cifar_like import write_cifar_like
 from benchmarks.run import HERE, fresh, machine, tlsweep, write_results
-from tlsweep.sweep.depth import cka_files
+from tlsweep.sweep.depth import layer_similarity
 from tlsweep.tracking import runs
 from tlsweep.tracking.record import Artifact, Kind, Metric, RunRecord, StoredRun, Tag
 from tlsweep.tracking.store import Store
@@ -39,8 +39,7 @@ OVERRIDES = ["-m", f"model={','.join(MODELS)}", "layer=stages"]
 COMMAND = "python -m tlsweep " + " ".join(OVERRIDES) + " model.weights=null"
 CKA_LINE = re.compile(r"linear CKA of \d+ model\(s\)' cuts from the feature cache in ([\d.]+) s")
 # the parent's figure -> the README's name for it, under --figures
-FIGURES = {"depth_profile-*.png": "depth-profile.png", "cka-vgg16-vs-resnet50.png": "cka-between.png",
-           "cka-resnet50-vs-vgg16.png": "cka-between.png", "cka-vgg16.png": "cka-vgg16.png"}
+FIGURES = {"depth_profile-*.png": "depth-profile.png", "cka.png": "cka.png"}
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +80,11 @@ def per_model(rows: list[dict]) -> dict[str, dict]:
 
 
 def timed_cka(found: list[StoredRun]) -> dict:
-    """`cka_files` on the sweep's records, as the parent computes it: seconds and the files it makes."""
+    """`layer_similarity` on the sweep's records, as the parent computes it: seconds and the cuts compared."""
     records = [RunRecord.parse(run) for run in found]
     start = time.perf_counter()
-    files = cka_files(records)
-    return {"seconds": time.perf_counter() - start, "files": sorted(files)}
+    similarities = layer_similarity(records)
+    return {"seconds": time.perf_counter() - start, "cuts": sum(len(item.labels) for item in similarities)}
 
 
 def in_command_cka_seconds(result: dict, logs: Path) -> float | None:
@@ -133,7 +132,7 @@ def report(results: dict) -> str:
              "(shared with other work)", "",
              tabulate(models, headers="keys", tablefmt="github", floatfmt=".1f"), "",
              f"- whole command: {results['wall_s']:.1f} s wall, peak RSS {results['peak_rss_bytes'] / 1e9:.2f} GB",
-             f"- linear CKA (`cka_files` on the sweep's records, {len(cka['files']) // 2} matrices): "
+             f"- debiased linear CKA (`layer_similarity` on the sweep's records, one matrix of {cka['cuts']} cuts): "
              f"{cka['seconds']:.1f} s; " + (f"the parent logged {cka['in_command_s']:.1f} s during the command"
                                             if cka["in_command_s"] is not None else "the parent logged no CKA time"),
              "- one CNN pass per model: " + ("yes" if set(passes.values()) == {1} else f"NO, {passes} (a bug)"), "",

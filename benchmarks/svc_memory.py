@@ -42,9 +42,9 @@ def main() -> None:
     before = max_rss_bytes()
 
     from tlsweep.stages.probe.classify import make_classifier
+    from tlsweep.stages.probe.probes import PROBES
 
-    estimator = make_classifier(name=args.estimator, C=0.1, loss="squared_hinge", max_iter=args.max_iter,
-                                tol=1e-4, dual="auto", seed=0)
+    estimator = make_classifier(probe=PROBES[args.estimator](max_iter=args.max_iter), C=0.1)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:  # a capped fit warns by design: kept in the output
         warnings.simplefilter("always")

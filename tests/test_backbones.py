@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from tlsweep import layers
 from tlsweep.errors import ConfigError, FetchError
 from tlsweep.stages.backbone import models
+from tlsweep.stages.probe import memory
 from tlsweep.validate import validate
 
 TYPED_NAMES = ["vgg16", "vgg19", "resnet50", "resnet101_v2", "inception_v3", "inception_resnet_v2", "xception",
@@ -112,14 +113,16 @@ def run_job(cfg) -> float:
 
 
 def test_layers_lists_every_cut_with_its_sizes_and_marks_what_would_not_fit(capsys, monkeypatch):
-    monkeypatch.setattr(layers, "machine_memory", lambda: 4 << 30)  # a 4 GiB machine
+    monkeypatch.setattr(memory, "machine_memory", lambda: 4 << 30)  # a 4 GiB machine
     assert layers.main(["model=vgg16", "model.weights=imagenet", "data.image_size=64"]) == 0  # weights never load
     out = capsys.readouterr().out
     rows = {line.split()[1]: line.split() for line in out.splitlines() if line[:1].isdigit()}
     assert list(rows) == list(models.architecture_layer_names("vgg16"))
-    # layer: output, flatten, avg, max, grid 2x2, fit GiB (30000 CIFAR-10 images, linear_svc: 28 bytes a value)
-    assert rows["block5_pool"][2:8] == ["2x2x512", "2048", "512", "512", "2048", f"{30000 * 2048 * 28 / 2**30:.2f}"]
-    assert len(rows["block5_pool"]) == 8  # 1.60 GiB fits in 4: not marked
+    # layer: output, then a column per pooling (flatten, avg, max, grid 2x2, avgmax), fit GiB (30000 CIFAR-10
+    # images, linear_svc: 28 bytes a value)
+    assert rows["block5_pool"][2:9] == ["2x2x512", "2048", "512", "512", "2048", "1024",
+                                        f"{30000 * 2048 * 28 / 2**30:.2f}"]
+    assert len(rows["block5_pool"]) == 9  # 1.60 GiB fits in 4: not marked
     assert rows["block1_conv1"][2:4] == ["64x64x64", "262144"] and rows["block1_conv1"][-1] == "*"  # 205 GiB
     assert "layer=block5_pool is #18" in out and "this machine's 4.0 GiB" in out
 
@@ -127,8 +130,8 @@ def test_layers_lists_every_cut_with_its_sizes_and_marks_what_would_not_fit(caps
 def test_layers_counts_a_folders_training_images_and_takes_the_classifier(tmp_path, image_folder_writer, compose):
     root = image_folder_writer(tmp_path / "imgs", per_class=10)
     config = validate(compose(["data=folder", f"data.path={root}", "data.classes=[0,2]", "data.test_fraction=0.3"]))
-    assert layers.training_rows(config) == 14  # 7 training images in each of the two classes
-    assert layers.training_rows(validate(compose(["data=digits"]))) == 1437
+    assert memory.training_rows(config) == 14  # 7 training images in each of the two classes
+    assert memory.training_rows(validate(compose(["data=digits"]))) == 1437
 
 
 def test_layers_help_and_errors_as_a_user_sees_them(project_root):

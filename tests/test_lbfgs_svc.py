@@ -18,6 +18,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from tlsweep.stages.probe import newton_svc
 from tlsweep.stages.probe.classify import fit_classifier, make_classifier
 from tlsweep.stages.probe.lbfgs_svc import LbfgsSVC
+from tlsweep.stages.probe.probes import LbfgsSVCProbe
 from tlsweep.stages.probe.newton_svc import NewtonSVC, squared_hinge_objective
 
 
@@ -81,8 +82,7 @@ def test_fits_float32_without_copying_the_features():
 
 def test_unconverged_fit_is_reported_through_tlsweep():
     X_train, _, y_train, _ = _relu_features()
-    estimator = make_classifier(name="lbfgs_svc", C=1.0, loss="squared_hinge", max_iter=2, tol=1e-4,
-                                dual="auto", seed=0)
+    estimator = make_classifier(probe=LbfgsSVCProbe(max_iter=2), C=1.0)
     with pytest.warns(ConvergenceWarning, match="increase classifier.max_iter"):
         result = fit_classifier(estimator=estimator, X=X_train, y=y_train)
     assert result.converged is False and result.n_iter == 2

@@ -183,7 +183,7 @@ def test_bad_images_for_a_pipeline_get_one_line(isolated):
     from tlsweep.errors import DataError
     from tlsweep.stages.probe.pipeline import PipelineSpec, ProbePipeline
 
-    pipeline = ProbePipeline(spec=PipelineSpec("vgg16", "block1_pool", 32, "keras", "avg", 2, [0], ["a"]),
+    pipeline = ProbePipeline(spec=PipelineSpec("vgg16", "block1_pool", 32, "keras", {"pooling": "avg"}, [0], ["a"]),
                              extractor=None, probe=None)
     with pytest.raises(DataError, match=r"N x H x W x 3 .* received shape \(4, 4\)"):
         pipeline.predict(np.zeros((4, 4), np.uint8))

@@ -13,12 +13,15 @@ from sklearn.model_selection import train_test_split
 
 from tlsweep.config import _default_C_grid
 from tlsweep.job import run
-from tlsweep.stages.features import extraction
-from tlsweep.stages.probe import classify
+from tlsweep.stages.probe import classify, probes
 from tlsweep.sweep import summary
 from tlsweep.tracking.record import RunRecord, StoredRun
 
 PROBE = dict(loss="squared_hinge", max_iter=1000, tol=1e-4, dual="auto", seed=0)
+
+
+def _probe(name: str, **settings):
+    return probes.PROBES[name](**{**PROBE, **settings})
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def digits_split():
 
 def _val_accuracy(name, loss, C, normalize, digits_split) -> float:
     X_train, y_train, X_val, y_val = digits_split
-    estimator = classify.make_classifier(normalize=normalize, name=name, C=C, **{**PROBE, "loss": loss})
+    estimator = classify.make_classifier(probe=_probe(name, loss=loss), C=C, normalize=normalize)
     return accuracy_score(y_val, estimator.fit(X_train, y_train).predict(X_val))
 
 
@@ -40,8 +43,8 @@ def _val_accuracy(name, loss, C, normalize, digits_split) -> float:
 def test_coarse_to_fine_search_picks_a_C_as_good_on_val_as_the_whole_grid(digits_split, name, loss):
     X_train, y_train, X_val, y_val = digits_split
     grid = _default_C_grid()
-    found = classify.search_C(normalize="standardize", grid=grid, X_train=X_train, y_train=y_train, X_val=X_val,
-                              y_val=y_val, name=name, **{**PROBE, "loss": loss})
+    found = classify.search_C(probe=_probe(name, loss=loss), normalize="standardize", grid=grid, X_train=X_train,
+                              y_train=y_train, X_val=X_val, y_val=y_val)
     assert len(found.Cs) < len(grid) / 2  # far fewer fits than the grid
     assert found.Cs == sorted(found.Cs) and found.selected_C in found.Cs
     every = {C: _val_accuracy(name, loss, C, "standardize", digits_split) for C in grid}
@@ -62,49 +65,18 @@ def test_the_search_solves_the_squared_hinge_warm_started_from_one_C_to_the_next
 
     monkeypatch.setattr(newton_svc, "trust_region_newton", recording)
     X_train, y_train, X_val, y_val = digits_split
-    found = classify.search_C(normalize="standardize", grid=_default_C_grid(), X_train=X_train, y_train=y_train,
-                              X_val=X_val, y_val=y_val, name="linear_svc", **PROBE)
+    found = classify.search_C(probe=_probe("linear_svc"), normalize="standardize", grid=_default_C_grid(),
+                              X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val)
     assert cold_starts == [True] + [False] * (len(found.Cs) - 1)  # one fit from zero, every other from a solution
     assert isinstance(found.best.estimator[-1], newton_svc.NewtonSVC) and found.best.estimator[-1].C == found.selected_C
 
 
-def test_pooling_of_a_known_map():
-    maps = np.arange(2 * 5 * 4 * 3, dtype=np.float32).reshape(2, 5, 4, 3)
-    flat = maps.reshape(2, -1)
-    pooled = {name: extraction.pool(flat, map_shape=(5, 4, 3), pooling=name, grid_size=2) for name in extraction.POOLINGS}
-    np.testing.assert_array_equal(pooled["flatten"], flat)
-    np.testing.assert_allclose(pooled["avg"], maps.mean(axis=(1, 2)))
-    np.testing.assert_array_equal(pooled["max"], maps.max(axis=(1, 2)))
-    # adaptive bins over 5 rows: [0, 3) and [2, 5); over 4 columns: [0, 2) and [2, 4)
-    expected = np.stack([maps[:, 0:3, 0:2].mean(axis=(1, 2)), maps[:, 0:3, 2:4].mean(axis=(1, 2)),
-                         maps[:, 2:5, 0:2].mean(axis=(1, 2)), maps[:, 2:5, 2:4].mean(axis=(1, 2))], axis=1)
-    np.testing.assert_allclose(pooled["grid"], expected.reshape(2, -1))
-    for name, values in pooled.items():
-        assert values.shape[1] == extraction.pooled_dim((5, 4, 3), pooling=name, grid_size=2)
-
-
-def test_every_pooling_comes_from_one_cnn_pass(isolated, cifar_dir):
-    from tlsweep.stages.data import datasets
-
-    dataset = datasets.load_dataset(name="cifar10", path=str(cifar_dir))
-    kwargs = dict(dataset=dataset, image_set="train", layer="block3_pool", classes=[4, 5], backbone="vgg16",
-                  weights=None, seed=0, input_size=32, batch_size=16, cache_root=isolated / "cache")
-    flat = extraction.extract_features(**kwargs)
-    assert flat.cnn_images == 20 and flat.dim == 4 * 4 * 256
-    dims = {"avg": 256, "max": 256, "grid": 2 * 2 * 256}
-    for pooling, dim in dims.items():
-        pooled = extraction.extract_features(pooling=pooling, grid_size=2, **kwargs)
-        assert pooled.cnn_images == 0 and pooled.dim == dim and pooled.X.shape == (20, dim)
-        expected = extraction.pool(flat.X, map_shape=(4, 4, 256), pooling=pooling, grid_size=2)
-        np.testing.assert_array_equal(pooled.X, expected)
-
-
 def test_normalisation_statistics_come_from_the_fit_rows_only(digits_split):
     X_train, y_train, X_val, _ = digits_split
-    standardize = classify.make_classifier(normalize="standardize", name="logreg", C=1.0,
-                                           **{**PROBE, "loss": "log_loss"}).fit(X_train, y_train)
+    standardize = classify.make_classifier(probe=_probe("logreg", loss="log_loss"), C=1.0,
+                                           normalize="standardize").fit(X_train, y_train)
     np.testing.assert_allclose(standardize["normalize"].mean_, X_train.mean(axis=0), rtol=1e-5, atol=1e-6)
-    l2 = classify.make_classifier(normalize="l2", name="linear_svc", C=1.0, **PROBE).fit(X_train, y_train)
+    l2 = classify.make_classifier(probe=_probe("linear_svc"), C=1.0, normalize="l2").fit(X_train, y_train)
     np.testing.assert_allclose(np.linalg.norm(l2["normalize"].transform(X_val), axis=1), 1.0, rtol=1e-5)
 
 

@@ -2,8 +2,9 @@
 
 Selects job runs by experiment, parent run, machine, class subset or an MLflow search string, then either
 logs the comparison to a new summary run (tag `tlsweep.kind=summary`) or writes it to a folder (`--out`).
-Next to the sweep's own table and plots it writes `by_machine`: one row per configuration (config hash),
-one column per machine, so equal accuracies and differing times sit side by side.
+Next to the sweep's own table and plots it writes `by_machine`: one row per configuration and seed (the same
+identity the summary uses: every setting that can change a result, data and weights by content), one column
+per machine, so equal accuracies and differing times sit side by side.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 
 from tlsweep.config import default_tracking_uri
 from tlsweep.errors import ConfigError, TlsweepError
-from tlsweep.sweep import summary
+from tlsweep.sweep import depth, summary
 from tlsweep.tracking import runs
 from tlsweep.tracking.payload import Payload, write_files
 from tlsweep.tracking.record import Artifact, Kind, RunRecord, StoredRun, Tag
@@ -27,7 +28,8 @@ from tlsweep.tracking.store import Store
 
 log = logging.getLogger("tlsweep.compare")
 
-CONFIG_KEY = ["config_hash", "model", "layer", "classes", "C"]
+# one row per configuration (identity.configuration: settings, data and weights by content) and seed
+CONFIG_KEY = ["configuration", "seed", "model", "layer", "classes", "C"]
 MACHINE_VALUES = ["test_accuracy", "val_accuracy", "extraction_seconds", "fit_seconds"]
 
 
@@ -66,7 +68,7 @@ def _quoted(option: str, value: str) -> str:
 
 def machine_view(table: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration, a column per (value, machine), and the spread of test accuracy."""
-    done = table[table["status"] == "FINISHED"].fillna({"config_hash": "?", "machine": "?"})
+    done = summary.finished(table).fillna({"machine": "?"})
     if done.empty:
         return pd.DataFrame()
     order = done.groupby(CONFIG_KEY, dropna=False)["layer_index"].min().rename("layer_index")
@@ -85,7 +87,7 @@ def machine_view(table: pd.DataFrame) -> pd.DataFrame:
 def comparison_files(table: pd.DataFrame, by_machine: pd.DataFrame, records=()) -> dict[str, str | bytes]:
     """The sweep's own summary files, plus the per-machine view as CSV and markdown."""
     return {
-        **summary.summary_files(table, records),
+        **summary.summary_files(table, records, depth.layer_similarity(records)),
         "by_machine.csv": by_machine.to_csv(index=False),
         "by_machine.md": by_machine.to_markdown(index=False, floatfmt=".4g") + "\n",
     }

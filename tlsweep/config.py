@@ -28,8 +28,8 @@ class ModelConfig:
 class DataConfig:
     name: str = MISSING  # cifar10, digits or folder
     path: Optional[str] = None  # null: download through Keras; else a local archive or folder
-    # indices into the class names; data=folder defaults to all of its class folders (FOLDER_CLASSES)
-    classes: List[int] = field(default_factory=lambda: [4, 5, 6, 7, 8, 9])
+    # indices into the class names; null: every class (data=folder's default: every class folder)
+    classes: Optional[List[int]] = field(default_factory=lambda: [4, 5, 6, 7, 8, 9])
     val_fraction: float = 0.2
     image_size: Optional[int] = None  # null keeps the native size (32x32 for CIFAR-10)
     train_per_class: Optional[int] = None  # few-shot: k seeded training images per class; null: all
@@ -44,7 +44,9 @@ def _default_C_grid() -> list[float]:
 
 @dataclass
 class ClassifierConfig:
-    name: str = "linear_svc"  # linear_svc (liblinear), lbfgs_svc (same problem, float32, no copies) or logreg
+    # the probe's class (tlsweep.stages.probe.probes): each conf/classifier/NAME.yaml names its own
+    _target_: str = "tlsweep.stages.probe.probes.LinearSVCProbe"
+    name: str = "linear_svc"  # linear_svc (liblinear), lbfgs_svc (same problem, float32, no copies), logreg, ridge
     C: Any = 0.1  # a positive number, or auto: chosen on validation over C_grid, then refit on train+val
     C_grid: List[float] = field(default_factory=_default_C_grid)
     loss: str = "squared_hinge"
@@ -83,22 +85,20 @@ class TlsweepConfig:
     demo: bool = False  # tags runs as a demo (random weights, stand-in images)
 
 
-# conf/data/folder.yaml: `classes: ${tlsweep.folder_classes:${.path}}`, every class folder of data.path
-FOLDER_CLASSES = "tlsweep.folder_classes"
-
-
-def _all_folder_classes(path: Optional[str]) -> list[int]:
-    """Indices of every class folder of `path`; [] when it cannot be listed, which validation then explains."""
-    from tlsweep.stages.data import folder
-
-    return list(range(len(folder.class_folder_names(path)))) if path else []
+def _registry_names(registry: str) -> str:
+    """`flatten | avg | ...`: a registry's entries, for the help page (`${tlsweep.names:poolings}`)."""
+    if registry == "poolings":
+        from tlsweep.stages.features.pooling import POOLINGS as entries
+    else:
+        from tlsweep.stages.probe.probes import PROBES as entries
+    return " | ".join(entries)
 
 
 def register_configs() -> None:
-    """Register the schemas, and the resolver of a folder's default classes; each group's yaml files extend
-    their schema via `defaults`."""
-    if not OmegaConf.has_resolver(FOLDER_CLASSES):
-        OmegaConf.register_new_resolver(FOLDER_CLASSES, _all_folder_classes)
+    """Register the schemas (each group's yaml files extend theirs via `defaults`), and the resolver that
+    lists a registry on the help page."""
+    if not OmegaConf.has_resolver("tlsweep.names"):
+        OmegaConf.register_new_resolver("tlsweep.names", _registry_names)
     cs = ConfigStore.instance()
     cs.store(name="tlsweep_schema", node=TlsweepConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

@@ -30,8 +30,9 @@ from tlsweep.config import TlsweepConfig
 
 # keys that change where results go or how fast they come, never what they are
 NON_SEMANTIC_KEYS = ("tracking", "cache_dir", "resume", "model.batch_size")
-# keys that describe the backbone, not the run: a run's cut is `layer`, whichever stages its model lists
-DESCRIPTIVE_KEYS = ("model.stages", "model.default_layer")
+# keys that describe the backbone or the classifier, not the run: a run's cut is `layer`, whichever stages its
+# model lists; a classifier's class follows from its name
+DESCRIPTIVE_KEYS = ("model.stages", "model.default_layer", "classifier._target_")
 # keys added after runs were first logged: left out of the hash at their schema default, so a configuration
 # keeps its hash (and `resume=true` finds its earlier runs) across the addition
 ADDED_KEYS = ("features.pooling", "features.grid_size", "features.normalize", "data.train_per_class",

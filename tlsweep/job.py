@@ -30,7 +30,7 @@ from tlsweep.tracking import runs
 from tlsweep.tracking.record import JobRecord, Tag, error_line
 from tlsweep.tracking.store import Store
 from tlsweep.train import train_and_evaluate
-from tlsweep.validate import stale_after_seconds, validate
+from tlsweep.validate import check_stage_memory, stale_after_seconds, validate
 
 log = logging.getLogger("tlsweep")
 
@@ -77,7 +77,8 @@ def job_specs(cfg: DictConfig) -> list[JobSpec]:
     one per stage of model.stages (the memory each stage's fit needs checked too)."""
     cfg = _canonical(cfg)
     if cfg.layer != STAGES:
-        return [JobSpec(validate(cfg), job_record(cfg))]
+        config = validate(cfg)
+        return [JobSpec(config, job_record(_resolved(cfg, config)))]
     stages = list(cfg.model.stages)
     if not stages:
         raise ConfigError(f"layer=stages needs model.stages, the stage layers of model={cfg.model.name}, and its "
@@ -86,11 +87,18 @@ def job_specs(cfg: DictConfig) -> list[JobSpec]:
     for stage in stages:
         one = cfg.copy()
         one.layer = stage
-        staged.append(JobSpec(validate(one), job_record(one)))
-    from tlsweep import layers
-
-    layers.check_stage_memory(staged[0].config, stages)
+        config = validate(one)
+        staged.append(JobSpec(config, job_record(_resolved(one, config))))
+    check_stage_memory(staged[0].config, stages)
     return staged
+
+
+def _resolved(cfg: DictConfig, config: TlsweepConfig) -> DictConfig:
+    """The config as logged and hashed: `data.classes=null` (every class) as the classes it resolved to."""
+    if cfg.data.classes is None:
+        cfg = cfg.copy()
+        cfg.data.classes = list(config.data.classes)
+    return cfg
 
 
 def _canonical(cfg: DictConfig) -> DictConfig:

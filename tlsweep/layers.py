@@ -25,24 +25,20 @@ lower. For a marked layer, pool it (features.pooling=avg), cut later, or use cla
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
+import math
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from tabulate import tabulate
 
 from tlsweep.config import PROJECT_ROOT, TlsweepConfig, register_configs
-from tlsweep.errors import ConfigError, TlsweepError
+from tlsweep.errors import TlsweepError
+from tlsweep.stages.features.pooling import POOLINGS
+from tlsweep.stages.probe import memory
 
 log = logging.getLogger("tlsweep.layers")
-
-FIT_BYTES_PER_VALUE = {"linear_svc": 4 + 8 + 16, "lbfgs_svc": 4, "logreg": 4}
-NORMALIZE_COPY_BYTES = {"none": 0, "l2": 4, "standardize": 4}
-CIFAR10_TRAIN_PER_CLASS = 5000
-GIB = 1 << 30
-
 
 def compose_config(overrides: Sequence[str]):
     """The config `python -m tlsweep OVERRIDES` would run, composed with Hydra's compose API."""
@@ -53,82 +49,20 @@ def compose_config(overrides: Sequence[str]):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def machine_memory() -> int:
-    """Bytes this process may use: physical memory, or the cgroup's limit when lower."""
-    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            limits.append(int(Path(path).read_text().strip()))
-        except (OSError, ValueError):  # absent, or "max"
-            pass
-    return min(limits)
-
-
-def training_rows(config: TlsweepConfig) -> int:
-    """How many rows the probe is fitted on at most, from a listing of the data (nothing is decoded)."""
-    from tlsweep.stages.data import datasets, folder
-
-    spec, classes = config.data, list(config.data.classes)
-    if spec.name == "folder":
-        layout = folder.scan(spec.path)
-        share = 1.0 if layout.has_test_folder else 1.0 - spec.test_fraction
-        per_class = [len(layout.files["train"][c]) * share for c in classes]
-    elif spec.name == "digits":
-        labels = datasets.load_dataset(name="digits", path=None).train.labels
-        per_class = [int((labels == c).sum()) for c in classes]
-    else:
-        per_class = [CIFAR10_TRAIN_PER_CLASS] * len(classes)
-    rows = sum(per_class)
-    if spec.train_per_class is not None:
-        rows = min(rows, spec.train_per_class * len(classes) + rows * spec.val_fraction)
-    return int(round(rows))
-
-
 def layer_rows(config: TlsweepConfig, input_size: int, *, budget: int, n_rows: int) -> list[list]:
     """One row per cut layer: index, name, output shape, flattened and pooled sizes, fit memory, mark."""
     from tlsweep.stages.backbone import models
-    from tlsweep.stages.features import extraction
+    from tlsweep.stages.features import pooling
 
     model = models.build_backbone(name=config.model.name, weights=None, input_size=input_size, seed=0)
-    per_value = FIT_BYTES_PER_VALUE[config.classifier.name] + NORMALIZE_COPY_BYTES[config.features.normalize]
+    per_value = memory.bytes_per_value(config)
     rows = []
     for index, (name, shape) in enumerate(models.cut_shapes(model).items(), start=1):
-        flat = extraction.pooled_dim(shape, pooling="flatten", grid_size=config.features.grid_size)
-        pooled = [extraction.pooled_dim(shape, pooling=p, grid_size=config.features.grid_size) for p in ("avg", "max", "grid")]
-        need = n_rows * flat * per_value
-        rows.append([index, name, "x".join(map(str, shape)), flat, *pooled, f"{need / GIB:.2f}",
+        sizes = [pooling.pooled_dim(shape, dataclasses.replace(config.features, pooling=p)) for p in pooling.POOLINGS]
+        need = n_rows * math.prod(shape) * per_value
+        rows.append([index, name, "x".join(map(str, shape)), *sizes, f"{need / memory.GIB:.2f}",
                      "*" if need > budget else ""])
     return rows
-
-
-def check_stage_memory(config: TlsweepConfig, stages: Sequence[str]) -> None:
-    """Before `layer=stages`: refuse, in one line, a stage whose features (as pooled) would not fit a linear
-    probe in this machine's memory; warn when one would take more than half of it."""
-    from tlsweep.stages.backbone import models
-    from tlsweep.stages.data import datasets
-    from tlsweep.stages.features import extraction
-
-    input_size = datasets.input_size(name=config.data.name, path=config.data.path, image_size=config.data.image_size)
-    models.check_input_size(config.model.name, input_size)
-    shapes = models.cut_shapes(models.build_backbone(name=config.model.name, weights=None, input_size=input_size,
-                                                     seed=0))
-    models.check_layer_names(list(shapes), stages, model_name=config.model.name)
-    budget, n_rows = machine_memory(), training_rows(config)
-    per_value = FIT_BYTES_PER_VALUE[config.classifier.name] + NORMALIZE_COPY_BYTES[config.features.normalize]
-    pooling, grid = config.features.pooling, config.features.grid_size
-    for stage in stages:
-        dim = extraction.pooled_dim(shapes[stage], pooling=pooling, grid_size=grid)
-        need = n_rows * dim * per_value
-        what = (f"stage {stage} of {config.model.name} gives {dim} features per image at {input_size}x{input_size} "
-                f"with features.pooling={pooling}: fitting {config.classifier.name} on {n_rows} training images "
-                f"needs about {need / GIB:.1f} GiB")
-        if need > budget:
-            raise ConfigError(f"layer=stages cannot fit in memory: {what}, more than this machine's "
-                              f"{budget / GIB:.1f} GiB; set features.pooling=grid (features.grid_size=2 bounds "
-                              "each stage to 4 x its channels) or avg")
-        if need > budget / 2:
-            log.warning("%s, over half of this machine's %.1f GiB; features.pooling=grid bounds it", what,
-                        budget / GIB)
 
 
 def stage_marks(model: str, stages: Sequence[str]) -> dict[str, str]:
@@ -153,10 +87,11 @@ def report(config: TlsweepConfig) -> str:
     models.check_input_size(config.model.name, input_size, received=(
         f"data.image_size={config.data.image_size}" if config.data.image_size is not None else
         f"data.image_size=null, which keeps the {input_size}x{input_size} images of data={config.data.name}"))
-    budget, n_rows = machine_memory(), training_rows(config)
+    budget, n_rows = memory.machine_memory(), memory.training_rows(config)
     rows = layer_rows(config, input_size, budget=budget, n_rows=n_rows)
     grid = config.features.grid_size
-    headers = ["#", "layer", "output", "flatten", "avg", "max", f"grid {grid}x{grid}", "fit GiB", ""]
+    headers = ["#", "layer", "output", *(f"grid {grid}x{grid}" if name == "grid" else name for name in POOLINGS),
+               "fit GiB", "mark"]
     marked = sum(row[-1] == "*" for row in rows)
     chosen = next((row[0] for row in rows if row[1] == config.layer), None)
     stages = stage_marks(config.model.name, list(config.model.stages))
@@ -170,7 +105,7 @@ def report(config: TlsweepConfig) -> str:
         f"layer={config.layer} is #{chosen}. fit GiB: the flattened features of {n_rows} training images for "
         f"{config.classifier.name} (features.normalize={config.features.normalize}).",
         f"^ {len(stages)} stages (model.stages), each with its layer_depth; see python -m tlsweep.layers --help",
-        f"* {marked} layer(s) would need more than this machine's {budget / GIB:.1f} GiB; "
+        f"* {marked} layer(s) would need more than this machine's {budget / memory.GIB:.1f} GiB; "
         "see python -m tlsweep.layers --help",
     ])
 

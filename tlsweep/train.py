@@ -3,6 +3,7 @@ evaluate, and what the run logs of them (`JobResult`). Nothing here talks to MLf
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from typing import Optional, Sequence
@@ -40,7 +41,7 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers: Sequence[str] = (
     common = dict(dataset=dataset, layer=config.layer, classes=classes, backbone=config.model.name,
                   weights=config.model.weights, seed=config.seed, input_size=input_size,
                   batch_size=config.model.batch_size, cache_root=cache_root, sweep_layers=sweep_layers,
-                  pooling=config.features.pooling, grid_size=config.features.grid_size)
+                  settings=config.features)
     train = extraction.extract_features(image_set="train", **common)
     test = extraction.extract_features(image_set="test", **common)
 
@@ -49,8 +50,8 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers: Sequence[str] = (
     reports, fit, search = _fit_and_evaluate(config, train=train, test=test, train_idx=train_idx, val_idx=val_idx,
                                              evaluate=evaluate)
     spec = PipelineSpec(backbone=config.model.name, layer=config.layer, input_size=input_size,
-                        resize="pillow" if config.data.name == "folder" else "keras", pooling=config.features.pooling,
-                        grid_size=config.features.grid_size, labels=classes, class_names=names,
+                        resize="pillow" if config.data.name == "folder" else "keras",
+                        features=dataclasses.asdict(config.features), labels=classes, class_names=names,
                         weights=models.resolved_weights(config.model.weights), seed=config.seed)
     first = np.arange(min(2, len(test.y)))  # the input examples: two test images, as the data set holds them
     example_images = dataset.test.images[datasets.class_order(dataset.test, classes)[first]]
@@ -64,7 +65,8 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers: Sequence[str] = (
         cnn_forward_images=train.cnn_images + test.cnn_images,
         fit_seconds=fit.fit_seconds + (search.search_seconds if search else 0.0), n_iter=fit.n_iter,
         converged=fit.converged, fit_warnings=(search.best.warnings if search else []) + fit.warnings,
-        total_seconds=time.perf_counter() - start, n_fit=fit.n_fit, selected_C=float(fit.estimator[-1].C),
+        total_seconds=time.perf_counter() - start, n_fit=fit.n_fit,
+        selected_C=float(search.selected_C if search else config.classifier.C),
         split_digest=datasets.split_digest(train_idx, val_idx),
         search_Cs=search.Cs if search else (), search_val_accuracy=search.val_accuracy if search else (),
         search_png=report.search_plot(search.Cs, search.val_accuracy, search.selected_C,
@@ -92,25 +94,24 @@ def _fit_and_evaluate(config: TlsweepConfig, *, train: extraction.Features, test
     search or None).
     """
     spec = config.classifier
-    probe = dict(name=spec.name, loss=spec.loss, max_iter=spec.max_iter, tol=spec.tol, dual=spec.dual,
-                 seed=config.seed)
+    probe = classify.probe_for(spec, seed=config.seed)
     # gathered straight from the per-class cache files: the whole train set is never in memory twice
     held_in = {"train": (train.take(train_idx), train.y[train_idx]), "val": (train.take(val_idx), train.y[val_idx])}
     test_split = {"test": (test.X, test.y)}
     if spec.C != classify.AUTO:
         fit = classify.fit_classifier(
-            estimator=classify.make_classifier(normalize=config.features.normalize, C=spec.C, **probe),
+            estimator=classify.make_classifier(probe=probe, C=spec.C, normalize=config.features.normalize),
             X=held_in["train"][0], y=held_in["train"][1])
         return evaluate(estimator=fit.estimator, splits={**held_in, **test_split}), fit, None
 
     (X_train, y_train), (X_val, y_val) = held_in["train"], held_in["val"]
-    search = classify.search_C(normalize=config.features.normalize, grid=spec.C_grid, X_train=X_train,
-                               y_train=y_train, X_val=X_val, y_val=y_val, **probe)
+    search = classify.search_C(probe=probe, normalize=config.features.normalize, grid=spec.C_grid, X_train=X_train,
+                               y_train=y_train, X_val=X_val, y_val=y_val)
     reports = evaluate(estimator=search.best.estimator, splits=held_in)
     del held_in, X_train, X_val  # before train+val is gathered: the peak stays one copy of the fit rows
     few_shot = config.data.train_per_class is not None
     fit_rows = train_idx if few_shot else np.sort(np.concatenate([train_idx, val_idx]))
     fit = classify.fit_classifier(
-        estimator=classify.make_classifier(normalize=config.features.normalize, C=search.selected_C, **probe),
+        estimator=classify.make_classifier(probe=probe, C=search.selected_C, normalize=config.features.normalize),
         X=train.take(fit_rows), y=train.y[fit_rows])
     return reports + evaluate(estimator=fit.estimator, splits=test_split), fit, search

@@ -8,18 +8,22 @@ error is one line that names the key, the value received and what is allowed. Th
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Any, Optional, Sequence
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from tlsweep.config import TlsweepConfig
 from tlsweep.errors import ConfigError
 from tlsweep.stages.backbone import models
 from tlsweep.stages.data import datasets, folder
-from tlsweep.stages.features import extraction
-from tlsweep.stages.probe import classify
+from tlsweep.stages.features import pooling
+from tlsweep.stages.probe import classify, memory, probes
+
+log = logging.getLogger(__name__)
 
 
 def validate(cfg: DictConfig) -> TlsweepConfig:
@@ -69,6 +73,8 @@ def _data(config: TlsweepConfig) -> int:
         class_names, native_size = _folder(spec)
     else:
         class_names, native_size = datasets.CLASS_NAMES[spec.name], datasets.NATIVE_SIZES[spec.name]
+    if spec.classes is None:  # every class of the data set
+        spec.classes = list(range(len(class_names)))
     validate_classes(list(spec.classes), class_names)
     if spec.train_per_class is not None and not _positive_int(spec.train_per_class):
         raise ConfigError(
@@ -96,9 +102,9 @@ def _folder(spec) -> tuple[tuple[str, ...], Optional[int]]:
 
 def _features(config: TlsweepConfig) -> None:
     spec = config.features
-    if spec.pooling not in extraction.POOLINGS:
+    if spec.pooling not in pooling.POOLINGS:
         raise ConfigError(
-            f"features.pooling should be one of {list(extraction.POOLINGS)}; received features.pooling={spec.pooling!r}"
+            f"features.pooling should be one of {list(pooling.POOLINGS)}; received features.pooling={spec.pooling!r}"
         )
     if not _positive_int(spec.grid_size):
         raise ConfigError(f"features.grid_size should be an integer >= 1; received features.grid_size={spec.grid_size!r}")
@@ -124,10 +130,10 @@ def validate_classes(classes: Sequence[Any], class_names: Sequence[str]) -> None
 
 def _classifier(config: TlsweepConfig) -> None:
     spec = config.classifier
-    if spec.name not in classify.CLASSIFIERS:
-        raise ConfigError(
-            f"classifier.name should be one of {list(classify.CLASSIFIERS)}; received classifier.name={spec.name!r}"
-        )
+    probe = probe_class(spec)
+    if spec.name != probe.name:
+        raise ConfigError(f"classifier.name should be {probe.name!r} for classifier._target_={spec._target_}; "
+                          f"received classifier.name={spec.name!r}")
     if spec.C != classify.AUTO and not _positive_number(spec.C):
         raise ConfigError(f"classifier.C should be a positive number or 'auto'; received classifier.C={spec.C!r}")
     bad = [C for C in spec.C_grid if not _positive_number(C)]
@@ -136,7 +142,7 @@ def _classifier(config: TlsweepConfig) -> None:
             f"classifier.C_grid should be a non-empty list of positive numbers for classifier.C=auto; received "
             f"classifier.C_grid={list(spec.C_grid)}" + (f" ({bad} not allowed)" if bad else "")
         )
-    losses = classify.LOSSES[spec.name]
+    losses = probe.losses
     if spec.loss not in losses:
         raise ConfigError(
             f"classifier.loss should be one of {list(losses)} for {spec.name}; received classifier.loss={spec.loss!r}"
@@ -145,8 +151,48 @@ def _classifier(config: TlsweepConfig) -> None:
         raise ConfigError(f"classifier.max_iter should be an integer >= 1; received classifier.max_iter={spec.max_iter!r}")
     if not spec.tol > 0:
         raise ConfigError(f"classifier.tol should be a positive number; received classifier.tol={spec.tol!r}")
-    if str(spec.dual).lower() not in classify.DUAL:
-        raise ConfigError(f"classifier.dual should be one of {list(classify.DUAL)}; received classifier.dual={spec.dual!r}")
+    if str(spec.dual).lower() not in probes.DUAL:
+        raise ConfigError(f"classifier.dual should be one of {list(probes.DUAL)}; received classifier.dual={spec.dual!r}")
+
+
+def probe_class(spec) -> type:
+    """The probe class classifier._target_ names: one of the registry's (`probes.PROBES`), or a subclass of
+    `probes.Probe` elsewhere."""
+    try:
+        found = get_class(spec._target_)
+    except Exception:  # Hydra raises ImportError, AttributeError or its own for a path that does not resolve
+        found = None
+    if not (isinstance(found, type) and issubclass(found, probes.Probe) and hasattr(found, "name")):
+        raise ConfigError(
+            f"classifier._target_ should name a probe class, one of "
+            f"{[f'{cls.__module__}.{cls.__name__}' for cls in probes.PROBES.values()]} (classifier="
+            f"{'|'.join(probes.PROBES)}); received classifier._target_={spec._target_!r}"
+        )
+    return found
+
+
+def check_stage_memory(config: TlsweepConfig, stages: Sequence[str]) -> None:
+    """Before `layer=stages`: refuse, in one line, a stage whose features (as pooled) would not fit a linear
+    probe in this machine's memory; warn when one would take more than half of it."""
+    input_size = datasets.input_size(name=config.data.name, path=config.data.path, image_size=config.data.image_size)
+    models.check_input_size(config.model.name, input_size)
+    shapes = models.cut_shapes(models.build_backbone(name=config.model.name, weights=None, input_size=input_size,
+                                                     seed=0))
+    models.check_layer_names(list(shapes), stages, model_name=config.model.name)
+    budget, n_rows, per_value = memory.machine_memory(), memory.training_rows(config), memory.bytes_per_value(config)
+    for stage in stages:
+        dim = pooling.pooled_dim(shapes[stage], config.features)
+        need = n_rows * dim * per_value
+        what = (f"stage {stage} of {config.model.name} gives {dim} features per image at {input_size}x{input_size} "
+                f"with features.pooling={config.features.pooling}: fitting {config.classifier.name} on {n_rows} "
+                f"training images needs about {need / memory.GIB:.1f} GiB")
+        if need > budget:
+            raise ConfigError(f"layer=stages cannot fit in memory: {what}, more than this machine's "
+                              f"{budget / memory.GIB:.1f} GiB; set features.pooling=grid (features.grid_size=2 "
+                              "bounds each stage to 4 x its channels) or avg")
+        if need > budget / 2:
+            log.warning("%s, over half of this machine's %.1f GiB; features.pooling=grid bounds it", what,
+                        budget / memory.GIB)
 
 
 MIN_STALE_AFTER_S = 10.0  # the heartbeat beats a tenth of this: more often would only load the server

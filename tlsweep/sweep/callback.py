@@ -31,11 +31,12 @@ from tlsweep import console, preflight, provenance
 from tlsweep.config import default_cache_dir, default_tracking_uri
 from tlsweep.errors import TlsweepError
 from tlsweep.redact import redact
-from tlsweep.sweep import context, plan, summary
+from tlsweep.sweep import context, depth, plan, summary
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
 from tlsweep.tracking.heartbeat import Heartbeat, interval_for
-from tlsweep.tracking.payload import Payload
+from tlsweep.stages.probe.pipeline import ProbePipeline
+from tlsweep.tracking.payload import Payload, PipelineModel
 from tlsweep.tracking.record import Artifact, Kind, RecordError, RunRecord, Tag, error_line
 from tlsweep.tracking.store import KILLED, Store
 from tlsweep.validate import stale_after_seconds
@@ -190,8 +191,8 @@ class MLflowSweepCallback(Callback):
         tags = {Tag.NOTE: f"`{self.command}`\n\n{answer}\n"}
         if best is not None:
             tags.update({Tag.BEST_LAYER: best["layer"], Tag.BEST_RUN_ID: best["run_id"]})
-        store.write(sweep.parent_run_id, Payload(metrics=summary.parent_metrics(rows, best), tags=tags,
-                                                 files=summary.summary_files(table, records)),
+        files = summary.summary_files(table, records, depth.layer_similarity(records))
+        store.write(sweep.parent_run_id, Payload(metrics=summary.parent_metrics(rows, best), tags=tags, files=files),
                     under=Artifact.SUMMARY_FOLDER)
         failed = summary.failed(table)
         lines = [f"{row.model} layer={row.layer} classes={row.classes} C={row.C}: {row.status} "
@@ -200,7 +201,7 @@ class MLflowSweepCallback(Callback):
         error = ""
         if best is not None:
             try:
-                served = runs.log_best_pipeline(store, sweep.parent_run_id, best_run_id=best["run_id"])
+                served = self._log_best_pipeline(store, best["run_id"])
             except Exception as err:  # the comparison stands; the parent says what it lacks and fails
                 served = False
                 error = f"could not log the best configuration's pipeline (run {best['run_id']}): {error_line(err)}"
@@ -223,6 +224,19 @@ class MLflowSweepCallback(Callback):
             log.error("every job finished, but the sweep's model was not logged; see the parent run %s",
                       sweep.parent_run_id)
         return len(lines) + bool(error)
+
+    def _log_best_pipeline(self, store: Store, best_run_id: str) -> bool:
+        """Log, on the parent, the whole pipeline of its best configuration as model `model`, rebuilt from that
+        run's `probe` (the fitted probe and how its features were made) and the same backbone weights. False,
+        with a warning, for a run that logged no probe (one resumed from before tlsweep logged them)."""
+        if not store.has_model(best_run_id, Artifact.PROBE_MODEL):
+            log.warning("best run %s logged no probe model, so the sweep logs no pipeline model", best_run_id)
+            return False
+        probe, spec, examples = store.load_probe(best_run_id, Artifact.PROBE_MODEL)
+        pipeline = ProbePipeline.build(spec=spec, probe=probe)
+        store.write(self.context.parent_run_id,
+                    Payload(models={Artifact.PIPELINE_MODEL: PipelineModel(pipeline, examples)}))
+        return True
 
     def _close(self, store: Store, *, failed: bool, error: str = "") -> None:
         """End the parent (unless `mlflow run` owns it) once its last heartbeat is written."""

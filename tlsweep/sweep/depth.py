@@ -5,17 +5,21 @@ each cut's `layer_depth`, one line per model. At each cut the configuration plot
 mean validation accuracy (its label gives its C, under C=auto the one chosen on validation); test never
 chooses.
 
-`cka_files` reads the sweep's cached train features again (no CNN runs) and compares the stages of each
-model, and the stages of every pair of models on the same images, by linear CKA on a seeded subsample of
-at most `MAX_ROWS` images. Each matrix is a CSV and a heatmap.
+`layer_similarity` has the feature cache read the sweep's train features again (no CNN runs) and compares
+every cut of every model on the same images, by debiased linear CKA (`tlsweep.stages.analysis.cka`) on a
+seeded subsample of at most `MAX_ROWS` images (fewer when many cuts' Gram matrices would pass
+`GRAM_BUDGET`), one matrix per task, ordered by model and depth: n cuts make one n x n matrix, not a file per
+pair of models. `similarity_files` renders it as a CSV and a heatmap.
 """
 
 from __future__ import annotations
 
-import ast
 import itertools
+import json
 import logging
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +38,7 @@ from tlsweep.tracking.record import RunRecord
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 2000  # images CKA compares: its n x n Gram matrices cost n^2 x 8 bytes each
+GRAM_BUDGET = 2 << 30  # bytes for all the cuts' Gram matrices at once: many cuts compare fewer images
 SEED = 0
 SPLITS = (("val_mean", "-", "val"), ("test_mean", "--", "test"))  # means over seeds
 
@@ -72,82 +77,84 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(text))[:80]
 
 
-def _stages(records: Sequence[RunRecord]) -> dict[tuple, list[RunRecord]]:
-    """(model, cache folder, classes) -> one finished record per cut, in depth order."""
-    found: dict[tuple, dict[str, RunRecord]] = {}
+@dataclass(frozen=True)
+class Similarity:
+    """Linear CKA between every cut of one task's runs (the same train images), ordered by model and depth."""
+
+    classes: str  # the task's class names, as runs show them
+    labels: tuple[str, ...]  # `model/layer`, one per row and column
+    matrix: np.ndarray
+    images: int  # the train images compared
+    debiased: bool
+
+
+def _task_cuts(records: Sequence[RunRecord]) -> dict[tuple, list[RunRecord]]:
+    """(data fingerprint, data.classes) -> one finished record per (model, cut), by model, then depth."""
+    found: dict[tuple, dict[tuple, RunRecord]] = {}
     for record in records:
         if record.status == "FINISHED" and record.cache and record.layer_index is not None:
-            found.setdefault((record.model, record.cache, record.data_classes), {})[record.layer] = record
-    return {key: sorted(cuts.values(), key=lambda r: r.layer_index) for key, cuts in found.items()}
+            task = (record.fingerprints.get("data.fingerprint", ""), record.data_classes)
+            found.setdefault(task, {})[(record.model, record.layer)] = record
+    return {task: sorted(cuts.values(), key=lambda r: (r.model, r.layer_index)) for task, cuts in found.items()}
 
 
-def _train_parts(folder: str, layer: str, classes: list[int]) -> list[np.ndarray]:
-    """A cut's cached train features, one memory-mapped array per class (checked once, as every load is)."""
-    parts = FeatureCache.at(Path(folder)).load("train", layer, classes)
-    if parts is None:
-        raise FileNotFoundError(f"{folder} holds no train features of {layer} for classes {classes}")
-    return parts
+def max_rows_for(cuts: int, *, max_rows: int = MAX_ROWS) -> int:
+    """Images compared: at most `max_rows`, fewer when the cuts' n x n Gram matrices would pass GRAM_BUDGET."""
+    return max(4, min(max_rows, int(math.sqrt(GRAM_BUDGET / (8 * max(cuts, 1))))))
 
 
-def _rows_of(parts: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
-    """Rows `rows` (class order) of per-class arrays, read class by class."""
-    bounds = np.cumsum([0] + [len(part) for part in parts])
-    return np.concatenate([np.asarray(part[rows[(rows >= lo) & (rows < hi)] - lo], dtype=np.float32)
-                           for part, lo, hi in zip(parts, bounds[:-1], bounds[1:])])
+def layer_similarity(records: Sequence[RunRecord], *, debiased: bool = True, max_rows: int = MAX_ROWS,
+                     seed: int = SEED) -> list[Similarity]:
+    """Linear CKA between the cuts of the sweep's runs, per task, from the feature cache (no CNN runs); a task
+    whose cached features are not readable here (cleared, or cached on another machine) is left out."""
+    start = time.perf_counter()
+    found = []
+    for (_, classes_text), cuts in _task_cuts(records).items():
+        if len(cuts) < 2:
+            continue
+        classes = json.loads(classes_text)
+        try:
+            caches = [FeatureCache.at(Path(cut.cache)) for cut in cuts]
+            rows = cka.subsample_rows(caches[0].count("train", cuts[0].layer, classes),
+                                      max_rows=max_rows_for(len(cuts), max_rows=max_rows), seed=seed)
+            matrix = cka.cka_matrix_of([lambda store=store, cut=cut: store.rows("train", cut.layer, classes, rows)
+                                        for store, cut in zip(caches, cuts)], debiased=debiased)
+        except (OSError, TypeError, ValueError) as err:  # the cache was cleared, or the sweep ran elsewhere
+            log.warning("no CKA for classes %s: its cached features are not readable here (%s)", cuts[0].classes, err)
+            continue
+        found.append(Similarity(cuts[0].classes, tuple(f"{cut.model}/{cut.layer}" for cut in cuts), matrix,
+                                len(rows), debiased))
+    if found:
+        log.info("linear CKA between %d cuts from the feature cache in %.1f s", sum(len(s.labels) for s in found),
+                 time.perf_counter() - start)
+    return found
 
 
-def _heatmap(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str) -> bytes:
-    figure, ax = plt.subplots(figsize=(1.6 + 0.55 * len(columns), 1.4 + 0.45 * len(rows)))
+def _heatmap(similarity: Similarity) -> bytes:
+    labels, matrix = similarity.labels, similarity.matrix
+    figure, ax = plt.subplots(figsize=(2.2 + 0.5 * len(labels), 1.8 + 0.42 * len(labels)))
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
-    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(len(rows)), rows, fontsize=7)
-    for i, j in itertools.product(range(len(rows)), range(len(columns))):
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    for i, j in itertools.product(range(len(labels)), repeat=2):
         ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
                 color="white" if matrix[i, j] < 0.6 else "black")
-    ax.set_title(title, fontsize=8)
+    kind = "debiased linear CKA" if similarity.debiased else "linear CKA (biased)"
+    ax.set_title(f"{kind} between cuts, classes {similarity.classes}\n({similarity.images} train images; by model, "
+                 "input to output)", fontsize=8)
     figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     figure.tight_layout()
     return figure_png(figure)
 
 
-def _matrix_files(name: str, matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str) -> dict:
-    csv = pd.DataFrame(matrix, index=list(rows), columns=list(columns)).to_csv(float_format="%.6f")
-    return {f"{name}.csv": csv, f"{name}.png": _heatmap(matrix, rows, columns, title)}
-
-
-def cka_files(records: Sequence[RunRecord], *, max_rows: int = MAX_ROWS, seed: int = SEED) -> dict[str, str | bytes]:
-    """`cka-<model>.{csv,png}` for each model with two or more cuts, and `cka-<model>-vs-<model>.{csv,png}`
-    for each pair of models whose features cover the same images; {} where the cache is gone."""
-    start = time.perf_counter()
-    features: dict[tuple, list[np.ndarray]] = {}
-    names: dict[tuple, list[str]] = {}
-    groups = _stages(records)
-    for (model, folder, classes_text), cuts in groups.items():
-        if len(cuts) < 2 and len(groups) < 2:  # nothing to compare
-            continue
-        classes = [int(c) for c in ast.literal_eval(classes_text)]
-        try:
-            parts = [_train_parts(folder, cut.layer, classes) for cut in cuts]
-            rows = cka.subsample_rows(sum(len(part) for part in parts[0]), max_rows=max_rows, seed=seed)
-            features[(model, classes_text)] = [_rows_of(cut_parts, rows) for cut_parts in parts]
-        except (OSError, TypeError, ValueError) as err:  # the cache was cleared, or the sweep ran elsewhere
-            log.warning("no CKA for %s: its cached features are not readable here (%s)", model, err)
-            continue
-        names[(model, classes_text)] = [cut.layer for cut in cuts]
+def similarity_files(similarities: Sequence[Similarity]) -> dict[str, str | bytes]:
+    """`cka.{csv,png}`: one matrix over every (model, cut) of the sweep, ordered by model and depth; with
+    several tasks, `cka-<classes>.{csv,png}` for each."""
     files: dict[str, str | bytes] = {}
-    for (model, classes), layers in names.items():
-        if len(layers) >= 2:
-            matrix = cka.cka_matrix(features[(model, classes)])
-            files.update(_matrix_files(f"cka-{_slug(model)}", matrix, layers, layers,
-                                       f"linear CKA between the cuts of {model} ({len(features[(model, classes)][0])} "
-                                       "train images)"))
-    for first, second in itertools.combinations(sorted(names), 2):
-        if first[1] != second[1] or len(features[first][0]) != len(features[second][0]):
-            continue  # other images: CKA compares the same images only
-        matrix = cka.cka_matrix(features[first], features[second])
-        files.update(_matrix_files(f"cka-{_slug(first[0])}-vs-{_slug(second[0])}", matrix, names[first],
-                                   names[second], f"linear CKA, {first[0]} (rows) vs {second[0]} (columns)"))
-    if files:
-        log.info("linear CKA of %d model(s)' cuts from the feature cache in %.1f s", len(names),
-                 time.perf_counter() - start)
+    for similarity in similarities:
+        name = "cka" if len(similarities) == 1 else f"cka-{_slug(similarity.classes)}"
+        labels = list(similarity.labels)
+        files[f"{name}.csv"] = pd.DataFrame(similarity.matrix, index=labels, columns=labels).to_csv(
+            float_format="%.6f")
+        files[f"{name}.png"] = _heatmap(similarity)
     return files

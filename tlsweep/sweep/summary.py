@@ -195,9 +195,11 @@ def public(table: pd.DataFrame) -> pd.DataFrame:
     return table[[column for column in table.columns if not str(column).startswith("_")]]
 
 
-def summary_files(table: pd.DataFrame, records: Sequence[RunRecord] = ()) -> dict[str, str | bytes]:
+def summary_files(table: pd.DataFrame, records: Sequence[RunRecord] = (),
+                  similarities: Sequence[depth.Similarity] = ()) -> dict[str, str | bytes]:
     """The comparison as files: the finished runs as CSV and markdown, the failed ones apart, the selection,
-    the plots as PNG, and the linear CKA between the sweep's cuts (read from the feature cache)."""
+    the plots as PNG, and the linear CKA between the sweep's cuts (`depth.layer_similarity`, computed where
+    the features are)."""
     if table.empty:
         return {}
     done, rest, keys = finished(table), failed(table), varied(table)
@@ -213,7 +215,7 @@ def summary_files(table: pd.DataFrame, records: Sequence[RunRecord] = ()) -> dic
         "comparison.md": to_markdown(done, rest, keys),
         SELECTION: selection_markdown(rows, best, keys),
         **{name: figure_png(figure) for name, figure in figures_made.items()},
-        **depth.cka_files(records),
+        **depth.similarity_files(similarities),
     }
 
 

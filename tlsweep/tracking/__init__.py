@@ -1,6 +1,6 @@
-"""What talks to MLflow: the store and its runs, the run record that names what a run carries, and the
-payloads and models written into runs.
+"""What talks to MLflow: the store and its runs, the names a run carries and the record read back from it, and
+the payloads and models written into runs.
 
-Only `store` and `models` (with `pyfunc_model`, the code of a logged pipeline) import mlflow; the others go
-through them.
+Only `store` (with `pyfunc_model`, the code MLflow runs to load a logged pipeline) imports mlflow; the others
+go through it.
 """

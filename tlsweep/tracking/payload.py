@@ -7,6 +7,7 @@ folder sink, `write_files`, writes the same files where `python -m tlsweep.compa
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,17 @@ class DatasetRecord:
     schema: Optional[str] = None
 
 
+def requirements(*distributions: str) -> list[str]:
+    """`name==version` of what is installed here: a model's requirements, without MLflow's slow inference."""
+    found = []
+    for name in distributions:
+        try:
+            found.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:  # e.g. tensorflow under KERAS_BACKEND=jax
+            continue
+    return found
+
+
 @dataclass(frozen=True)
 class ProbeModel:
     """What the `probe` model is saved from: the fitted probe, and how its features were made."""
@@ -57,6 +69,7 @@ class ProbeModel:
     example_rows: Any  # float32 feature rows: the input example
     spec: PipelineSpec
     example_images: Any  # raw uint8 images of the data set, for the pipeline's input example
+    requirements: tuple = ("scikit-learn", "numpy", "scipy")  # the distributions it loads with
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,14 @@ class PipelineModel:
 
     pipeline: ProbePipeline
     example_images: Any
+
+    @property
+    def requirements(self) -> tuple:
+        """The distributions it loads with: Keras and the backend behind it here, and the probe's."""
+        import keras
+
+        return (keras.backend.backend(), "keras", "scikit-learn", "numpy", "scipy", "pillow", "joblib", "filelock",
+                "tqdm")
 
 
 @dataclass(frozen=True)

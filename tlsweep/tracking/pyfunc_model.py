@@ -1,6 +1,6 @@
 """The code of a logged pipeline model (MLflow's models from code): `mlflow.pyfunc.load_model` runs this file.
 
-It is saved into each `model` by `tracking.models.save_pipeline`, beside tlsweep's code; nothing imports it.
+It is saved into each `model` by `tracking.store.save_model`, beside tlsweep's code; nothing imports it.
 """
 
 from pathlib import Path

@@ -19,9 +19,8 @@ from typing import Optional, Sequence
 
 from tlsweep import provenance
 from tlsweep.errors import ConfigError, LoggingError
-from tlsweep.stages.probe.pipeline import ProbePipeline
-from tlsweep.tracking import heartbeat, models
-from tlsweep.tracking.payload import Payload, PipelineModel
+from tlsweep.tracking import heartbeat
+from tlsweep.tracking.payload import Payload
 from tlsweep.tracking.record import Artifact, Kind, RunRecord, StoredRun, Tag, error_line
 from tlsweep.tracking.store import FAILED, FINISHED, KILLED, Store
 
@@ -75,24 +74,6 @@ def _closing(store: Store, run_id: str, status: str, *, error: str = "") -> None
     except Exception as err:  # the store is gone too: the next command marks the run KILLED (close_stale_runs)
         log.warning("run %s could not be closed (%s); the next command in its experiment closes it", run_id,
                     error_line(err))
-
-
-def log_best_pipeline(store: Store, parent_run_id: str, *, best_run_id: str) -> bool:
-    """Log, on a sweep's parent, the whole pipeline of its best configuration as model `model`.
-
-    It is rebuilt from that run's `probe` model (the fitted probe and how its features were made) and the
-    same backbone weights. Returns False, with a warning, for a run that logged no probe (a run resumed from
-    before tlsweep logged them).
-    """
-    if not store.has_model(best_run_id, Artifact.PROBE_MODEL):
-        log.warning("best run %s logged no probe model, so the sweep logs no pipeline model", best_run_id)
-        return False
-    with tempfile.TemporaryDirectory(prefix="tlsweep-probe-") as folder:
-        probe, spec, examples = models.load_probe(store.download_model(best_run_id, Artifact.PROBE_MODEL,
-                                                                       Path(folder)))
-    pipeline = ProbePipeline.build(spec=spec, probe=probe)
-    store.write(parent_run_id, Payload(models={Artifact.PIPELINE_MODEL: PipelineModel(pipeline, examples)}))
-    return True
 
 
 def start_parent(store: Store, *, experiment_id: str, run_name: str, kind: str, tags: dict[str, str],

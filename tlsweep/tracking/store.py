@@ -7,30 +7,34 @@ process to touch a new SQLite file creates its schema under a file lock while th
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from filelock import FileLock
+import mlflow.pyfunc
+import mlflow.sklearn
+import numpy as np
 from mlflow.entities import (Dataset, DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric, Param,
                               RunStatus, RunTag)
 from mlflow.artifacts import download_artifacts
 from mlflow.environment_variables import MLFLOW_TRACKING_USERNAME
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+import tlsweep
 
 from tlsweep.errors import ConfigError
 from tlsweep.redact import redact, redact_mapping
-from tlsweep.tracking import models
-from tlsweep.tracking.payload import Payload, write_files
+from tlsweep.stages.probe.pipeline import PipelineSpec
+from tlsweep.tracking import connection
+from tlsweep.tracking.payload import PipelineModel, ProbeModel, Payload, requirements, write_files
 from tlsweep.tracking.record import StoredRun
 
 log = logging.getLogger(__name__)
@@ -57,9 +61,9 @@ class Store:
     def open(cls, uri: str) -> "Store":
         """A store to read and write; a server is checked first, and a SQLite schema is created once."""
         if uri.startswith(("http://", "https://")):
-            _probe(uri)
+            connection.probe_server(uri)
         try:
-            with _sqlite_lock(uri):  # the first process creates the schema; the others wait instead of racing it
+            with connection.sqlite_lock(uri):  # the first process creates the schema; the others wait instead of racing it
                 store = cls(uri)
                 with store._refusals():  # a server with authentication answers this one 401 without credentials
                     store.client.search_experiments(max_results=1)
@@ -130,7 +134,7 @@ class Store:
         if payload.inputs:
             self.log_datasets(run_id, payload.inputs)
         for name, model in payload.models.items():
-            self.log_model(run_id, name=name, save=functools.partial(models.save, model=model))
+            self.log_model(run_id, name=name, save=lambda target, model=model: save_model(target, model))
 
     def log_model(self, run_id: str, *, name: str, save: Callable[[Path], None]) -> str:
         """An MLflow model `name` made by `save(folder)`, linked to its run (runs:/<run id>/<name>); its id.
@@ -155,10 +159,16 @@ class Store:
         found = self.client.search_logged_models([self.experiment_of(run_id)], filter_string=f"name = '{name}'")
         return any(model.source_run_id == run_id for model in found)
 
-    def download_model(self, run_id: str, name: str, target: Path) -> Path:
-        """The files of model `name` logged by run `run_id`, downloaded under `target`."""
-        return Path(download_artifacts(artifact_uri=f"runs:/{run_id}/{name}", dst_path=str(target),
-                                       tracking_uri=self.uri))
+    def load_probe(self, run_id: str, name: str) -> tuple:
+        """(the fitted probe, its PipelineSpec, its example images) of the `probe` model `name` of run `run_id`.
+        Loading unpickles the probe: only for runs of stores whose writers are trusted."""
+        with tempfile.TemporaryDirectory(prefix="tlsweep-probe-") as folder:
+            source = Path(download_artifacts(artifact_uri=f"runs:/{run_id}/{name}", dst_path=folder,
+                                             tracking_uri=self.uri))
+            extra = source / "extra_files"
+            return (mlflow.sklearn.load_model(str(source)),
+                    PipelineSpec.from_dict(json.loads((extra / SPEC_FILE).read_text())),
+                    np.load(extra / EXAMPLE_FILE))
 
     def log_datasets(self, run_id: str, datasets: Sequence) -> None:
         """Each `payload.DatasetRecord` as an input of the run (MLflow's Dataset column), with its context."""
@@ -227,20 +237,30 @@ def _reason(err: BaseException) -> str:
     return redact(str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__)
 
 
-def _probe(uri: str) -> None:
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise ConfigError(
-            f"tracking.uri={redact(uri)!r} is unreachable ({reason}); start the server, or leave tracking.uri "
-            "null and MLFLOW_TRACKING_URI unset to log to ./mlflow.db"
-        ) from None
+SPEC_FILE, EXAMPLE_FILE = "pipeline.json", "example_images.npy"  # beside a probe's MLmodel
 
 
-def _sqlite_lock(uri: str):
-    if not uri.startswith("sqlite:///"):
-        return nullcontext()
-    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(f"{path}.lock", timeout=600)
+def save_model(target: Path, model: ProbeModel | PipelineModel) -> None:
+    """A `ProbeModel` in MLflow's scikit-learn flavour, with what rebuilds its pipeline beside it; a
+    `PipelineModel` as a pyfunc model from code (`pyfunc_model.py`, not a pickled object)."""
+    with tempfile.TemporaryDirectory(prefix="tlsweep-model-") as folder:
+        if isinstance(model, ProbeModel):
+            rows = model.example_rows
+            signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, rows.shape[1]))]),
+                                       outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]))
+            extra = [Path(folder) / SPEC_FILE, Path(folder) / EXAMPLE_FILE]
+            extra[0].write_text(model.spec.to_json())
+            np.save(extra[1], model.example_images)
+            ours = type(model.estimator[-1]).__module__.startswith("tlsweep")  # LbfgsSVC is tlsweep's
+            mlflow.sklearn.save_model(model.estimator, str(target), signature=signature, input_example=rows,
+                                      pip_requirements=requirements(*model.requirements),
+                                      code_paths=[str(Path(tlsweep.__file__).parent)] if ours else None,
+                                      extra_files=[str(path) for path in extra])
+            return
+        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+                                   outputs=Schema([ColSpec("string")]))
+        saved = model.pipeline.save(Path(folder) / "pipeline")
+        mlflow.pyfunc.save_model(str(target), python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                                 artifacts={"pipeline": str(saved)}, signature=signature,
+                                 input_example=model.example_images, code_paths=[str(Path(tlsweep.__file__).parent)],
+                                 pip_requirements=requirements(*model.requirements))

@@ -1,7 +1,8 @@
 """Linear CKA (Kornblith et al. 2019, "Similarity of Neural Network Representations Revisited").
 
 It says how alike two layers' features are on the same images, whatever their widths: 1 for features equal
-up to an orthogonal transform and a scale, near 0 for unrelated ones. It reads cached features; no CNN runs.
+up to an orthogonal transform and a scale, near 0 for unrelated ones. It reads cached features
+(`FeatureCache.rows`); no CNN runs.
 
 By default CKA is debiased: HSIC is estimated with the unbiased U-statistic of Song et al. (2012, JMLR,
 "Feature Selection via Dependence Maximization"), as Nguyen et al. (2021, "Do Wide and Deep Networks Learn
@@ -14,7 +15,7 @@ is pulled towards 1 when layers have many features and few images: two independe
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -147,15 +148,36 @@ def cka_matrix(a: Sequence[np.ndarray], b: Optional[Sequence[np.ndarray]] = None
     _check_rows_for_debiasing(rows.pop(), debiased)
     grams_a = [_normalized_gram(features, debiased=debiased) for features in a]
     if b is None:
-        result = np.eye(len(a))
-        for i, j in ((i, j) for i in range(len(a)) for j in range(i + 1, len(a))):
-            result[i, j] = result[j, i] = _cka_of_grams(grams_a[i], grams_a[j])
-        for i, gram in enumerate(grams_a):
-            if gram is None:
-                result[i, i] = math.nan
-        return result
+        return _symmetric(grams_a)
     grams_b = [_normalized_gram(features, debiased=debiased) for features in b]
     return np.array([[_cka_of_grams(k, l) for l in grams_b] for k in grams_a])
+
+
+def cka_matrix_of(layers: Sequence[Callable[[], np.ndarray]], *, debiased: bool = True) -> np.ndarray:
+    """`cka_matrix(a)` for layers read one at a time: each is a function returning its features (the same n
+    images for all), which are let go once its Gram matrix is made, so memory is the layers' n x n Gram
+    matrices and one layer's rows."""
+    grams, rows = [], set()
+    for read in layers:
+        features = _rows(read(), what="each layer's features")
+        rows.add(features.shape[0])
+        _check_rows_for_debiasing(features.shape[0], debiased)
+        grams.append(_normalized_gram(features, debiased=debiased))
+        del features
+    if len(rows) > 1:
+        raise ValueError(f"every layer's features should have a row per image, the same images; received "
+                         f"row counts {sorted(rows)}")
+    return _symmetric(grams)
+
+
+def _symmetric(grams: Sequence[Optional[np.ndarray]]) -> np.ndarray:
+    result = np.eye(len(grams))
+    for i, j in ((i, j) for i in range(len(grams)) for j in range(i + 1, len(grams))):
+        result[i, j] = result[j, i] = _cka_of_grams(grams[i], grams[j])
+    for i, gram in enumerate(grams):
+        if gram is None:
+            result[i, i] = math.nan
+    return result
 
 
 def subsample_rows(n: int, *, max_rows: int, seed: int) -> np.ndarray:

@@ -151,6 +151,22 @@ class FeatureCache:
             parts.append(entry)
         return parts
 
+    def rows(self, image_set: str, layer: str, classes: Sequence[int], rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` (positions in class order) of a cut's cached features, as float32, read class by class;
+        FileNotFoundError when any class is missing or corrupt."""
+        parts = self.load(image_set, layer, classes)
+        if parts is None:
+            raise FileNotFoundError(f"{self.folder} holds no {image_set} features of {layer} for classes "
+                                    f"{list(classes)}")
+        bounds = np.cumsum([0] + [len(part) for part in parts])
+        return np.concatenate([np.asarray(part[rows[(rows >= lo) & (rows < hi)] - lo], dtype=np.float32)
+                               for part, lo, hi in zip(parts, bounds[:-1], bounds[1:])])
+
+    def count(self, image_set: str, layer: str, classes: Sequence[int]) -> int:
+        """How many images of `classes` the cut's entries hold (0 when any class is missing)."""
+        parts = self.load(image_set, layer, classes)
+        return sum(len(part) for part in parts) if parts is not None else 0
+
     def has(self, image_set: str, layer: str, label: int) -> bool:
         """Whether the entry was committed (its checks run when it is loaded)."""
         return (self.folder / f"{self._name(image_set, layer, label)}.json").exists()

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,43 +15,10 @@ import numpy as np
 from tlsweep import console
 from tlsweep.stages.backbone import models
 from tlsweep.stages.data.datasets import Dataset, ImageSet
-from tlsweep.stages.features import cache
+from tlsweep.config import FeaturesConfig
+from tlsweep.stages.features import cache, pooling
 
 log = logging.getLogger(__name__)
-
-POOLINGS = ("flatten", "avg", "max", "grid")
-
-
-def pooled_dim(map_shape: Sequence[int], *, pooling: str, grid_size: int) -> int:
-    """Features per image of a cut after pooling; a cut that is not an H x W x C map is only flattened."""
-    if pooling == "flatten" or len(map_shape) != 3:
-        return int(np.prod(map_shape))
-    channels = int(map_shape[-1])
-    return channels * grid_size * grid_size if pooling == "grid" else channels
-
-
-def pool(flat: np.ndarray, *, map_shape: Sequence[int], pooling: str, grid_size: int) -> np.ndarray:
-    """Pool flattened (n, H*W*C) maps: `avg`/`max` over space, `grid` adaptive-average to grid_size x grid_size.
-
-    `grid` uses the bins of adaptive average pooling (PyTorch's, as VISSL uses it): bin i of N spans rows
-    floor(i*H/N) to ceil((i+1)*H/N), so a cut yields C*N*N features whatever its size.
-    """
-    if pooling == "flatten" or len(map_shape) != 3:
-        return flat
-    maps = flat.reshape(len(flat), *map_shape)
-    if pooling == "avg":
-        return maps.mean(axis=(1, 2), dtype=np.float32)
-    if pooling == "max":
-        return maps.max(axis=(1, 2))
-    height, width, channels = map_shape
-    bins_h = [(i * height // grid_size, -(-(i + 1) * height // grid_size)) for i in range(grid_size)]
-    bins_w = [(j * width // grid_size, -(-(j + 1) * width // grid_size)) for j in range(grid_size)]
-    out = np.empty((len(flat), grid_size, grid_size, channels), dtype=np.float32)
-    for i, (top, bottom) in enumerate(bins_h):
-        for j, (left, right) in enumerate(bins_w):
-            out[:, i, j] = maps[:, top:bottom, left:right].mean(axis=(1, 2), dtype=np.float32)
-    return out.reshape(len(flat), -1)
-
 
 @dataclass(frozen=True)
 class FeatureKey:
@@ -80,8 +47,7 @@ class Features:
     weights_id: str
     layer_index: int  # position of the cut in the backbone, input first
     map_shape: tuple  # the cut's output per image, (H, W, C) for a feature map
-    pooling: str = "flatten"
-    grid_size: int = 2
+    settings: FeaturesConfig = field(default_factory=FeaturesConfig)  # features.pooling and its parameters
     extraction_seconds: float = 0.0
     cnn_images: int = 0  # images that went through the CNN for this call (0 on a warm cache)
     ids: tuple = ()  # each row's image id (data.ImageSet.image_ids), in the same order
@@ -91,7 +57,7 @@ class Features:
     @property
     def dim(self) -> int:
         """Features per image after pooling."""
-        return pooled_dim(self.map_shape, pooling=self.pooling, grid_size=self.grid_size)
+        return pooling.pooled_dim(self.map_shape, self.settings)
 
     @property
     def X(self) -> np.ndarray:
@@ -111,8 +77,8 @@ class Features:
                 # a plain read, not the mapping: the class block is freed once copied, and the mapped
                 # pages never become part of this process's resident memory
                 block = np.load(part.filename)
-                out[order[lo:hi]] = pool(block[ordered[lo:hi] - bounds[k]], map_shape=self.map_shape,
-                                         pooling=self.pooling, grid_size=self.grid_size)
+                out[order[lo:hi]] = pooling.pool(block[ordered[lo:hi] - bounds[k]], map_shape=self.map_shape,
+                                                 settings=self.settings)
                 del block
         return out
 
@@ -130,8 +96,7 @@ def extract_features(
     batch_size: int,
     cache_root: Path,
     sweep_layers: Sequence[str] = (),
-    pooling: str = "flatten",
-    grid_size: int = 2,
+    settings: FeaturesConfig = FeaturesConfig(),
 ) -> Features:
     """Features of `layer` for `classes`, from the cache or from one pass that fills every sweep layer.
 
@@ -163,7 +128,7 @@ def extract_features(
     y = np.concatenate([np.full(len(part), label, dtype=np.int64) for part, label in zip(found, classes)])
     images = dataset.image_set(image_set)
     ids = tuple(image_id for label in classes for image_id in images.image_ids(images.indices_of(label)))
-    return Features(found, y, key.weights_id, store.layers().index(layer), tuple(map_shape), pooling, grid_size,
+    return Features(found, y, key.weights_id, store.layers().index(layer), tuple(map_shape), settings,
                     time.perf_counter() - start, cnn_images, ids, tuple(store.layers()), str(store.folder))
 
 

@@ -1,4 +1,5 @@
-"""Linear classifiers on frozen features; convergence is recorded as a result, never hidden."""
+"""Fitting a probe on frozen features, or choosing its C on validation; convergence is recorded as a result,
+never hidden."""
 
 from __future__ import annotations
 
@@ -10,20 +11,19 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+from hydra.utils import instantiate
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.svm import LinearSVC
+
+from tlsweep.config import ClassifierConfig
+from tlsweep.stages.probe.probes import Probe
 
 
 log = logging.getLogger(__name__)
 
-LOSSES = {"linear_svc": ("squared_hinge", "hinge"), "lbfgs_svc": ("squared_hinge",), "logreg": ("log_loss",)}
-CLASSIFIERS = tuple(LOSSES)
-DUAL = {"auto": "auto", "true": True, "false": False}
 NORMALIZERS = ("none", "l2", "standardize")
-AUTO = "auto"  # classifier.C=auto: chosen on validation over classifier.C_grid, then refit on train+val
+AUTO = "auto"  # classifier.C=auto: chosen on validation over classifier.C_grid, then refit
 
 
 @dataclass(frozen=True)
@@ -47,30 +47,10 @@ class SearchResult:
     search_seconds: float
 
 
-def make_probe(*, name: str, C: float, loss: str, max_iter: int, tol: float, dual: str, seed: int,
-               warm_start: bool = False):
-    """The linear classifier `name` (settings checked by `tlsweep.validate`), unfitted."""
-    if name == "lbfgs_svc":
-        from tlsweep.stages.probe.lbfgs_svc import LbfgsSVC
-
-        return LbfgsSVC(C=C, max_iter=max_iter, tol=tol, warm_start=warm_start)
-    if name == "logreg":  # multinomial for more than two classes, as scikit-learn's default L-BFGS fits it
-        return LogisticRegression(C=C, max_iter=max_iter, tol=tol, warm_start=warm_start, random_state=seed)
-    return LinearSVC(C=C, loss=loss, max_iter=max_iter, tol=tol, dual=DUAL[str(dual).lower()], random_state=seed)
-
-
-def make_search_probe(*, name: str, C: float, loss: str, max_iter: int, tol: float, dual: str, seed: int):
-    """The probe that C=auto fits along its search path, warm-started from one C to the next.
-
-    For the squared hinge (linear_svc, lbfgs_svc) it is `NewtonSVC`: liblinear's primal problem, solver
-    (trust-region Newton) and stopping rule at the configured `tol`, but on float32 for every class at once
-    and warm-started, which liblinear cannot do. The refit at the chosen C stays the configured estimator.
-    """
-    if loss == "squared_hinge":
-        from tlsweep.stages.probe.newton_svc import NewtonSVC
-
-        return NewtonSVC(C=C, max_iter=max_iter, tol=tol, warm_start=True)
-    return make_probe(name=name, C=C, loss=loss, max_iter=max_iter, tol=tol, dual=dual, seed=seed, warm_start=True)
+def probe_for(spec: ClassifierConfig, *, seed: int) -> Probe:
+    """The probe classifier.* names (its `_target_`), with its settings; checked by `tlsweep.validate`."""
+    return instantiate({"_target_": spec._target_, "loss": spec.loss, "max_iter": spec.max_iter, "tol": spec.tol,
+                        "dual": str(spec.dual), "seed": seed})
 
 
 def make_normalizer(normalize: str):
@@ -78,15 +58,16 @@ def make_normalizer(normalize: str):
     return {"none": "passthrough", "l2": Normalizer(), "standardize": StandardScaler()}[normalize]
 
 
-def make_classifier(*, normalize: str = "none", **probe) -> Pipeline:
-    return Pipeline([("normalize", make_normalizer(normalize)), ("probe", make_probe(**probe))])
+def make_classifier(*, probe: Probe, C: float, normalize: str = "none") -> Pipeline:
+    """Normalisation, then the probe's estimator at `C`, unfitted."""
+    return Pipeline([("normalize", make_normalizer(normalize)), ("probe", probe.estimator(C))])
 
 
 def fit_classifier(*, estimator: Pipeline, X: np.ndarray, y: np.ndarray) -> FitResult:
     """Fit, timing it and keeping every warning the solver raised (then re-emitting them)."""
     log.info("fitting %s on %d x %d features", type(estimator[-1]).__name__, *X.shape)
     seconds, caught = _fit_recording_warnings(estimator, X, y)
-    n_iter = int(np.max(estimator[-1].n_iter_))
+    n_iter = iterations(estimator[-1])
     for item in caught:  # shown once, saying where it is recorded
         note = f" ({n_iter} iterations; recorded as converged=0)" if item.category is ConvergenceWarning else ""
         warnings.warn_explicit(f"{item.message}{note}", item.category, item.filename, item.lineno)
@@ -94,14 +75,20 @@ def fit_classifier(*, estimator: Pipeline, X: np.ndarray, y: np.ndarray) -> FitR
     return FitResult(estimator, seconds, n_iter, converged, len(y), [_describe(item) for item in caught])
 
 
+def iterations(estimator) -> int:
+    """The solver's iterations (the slowest class's); 1 for a closed-form fit, which has none."""
+    n_iter = getattr(estimator, "n_iter_", None)
+    return 1 if n_iter is None else int(np.max(n_iter))
+
+
 def search_C(
-    *, normalize: str, grid: Sequence[float], X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
-    y_val: np.ndarray, stride: int = 4, patience: int = 2, **probe,
+    *, probe: Probe, normalize: str, grid: Sequence[float], X_train: np.ndarray, y_train: np.ndarray,
+    X_val: np.ndarray, y_val: np.ndarray, stride: int = 4, patience: int = 2,
 ) -> SearchResult:
     """Choose C by validation accuracy, coarse to fine over `grid`, each fit warm-started from the nearest C.
 
-    The fits are `make_search_probe`'s: the configured problem at the configured tolerance, each starting
-    from the solution at the nearest C fitted so far. The coarse pass fits every `stride`-th grid value,
+    The fits are the probe's `search_estimator`: the configured problem at the configured tolerance, each
+    starting from the solution at the nearest C fitted so far where the probe `warm_starts`. The coarse pass fits every `stride`-th grid value,
     smallest C first, and stops once `patience` values in a row past a peak have not beaten it: there,
     larger C only costs more solver iterations. (The flat, underfit start of the path, where every tiny C
     scores the same, never stops it.) The fine pass then halves the step around the best value until it
@@ -113,17 +100,17 @@ def search_C(
     normalizer = make_normalizer(normalize)
     Z_train = X_train if normalizer == "passthrough" else normalizer.fit_transform(X_train)
     Z_val = X_val if normalizer == "passthrough" else normalizer.transform(X_val)
-    estimator = make_search_probe(C=grid[0], **probe)
+    estimator = probe.search_estimator(grid[0])
     scores: dict[int, float] = {}
     fits: dict[int, tuple] = {}  # grid index -> (fitted probe, seconds, caught warnings), kept for the best only
     failed: list[str] = []
 
     def evaluate(index: int, estimator) -> None:
-        estimator.set_params(C=grid[index])
+        probe.set_C(estimator, grid[index])
         seconds, caught = _fit_recording_warnings(estimator, Z_train, y_train)
         scores[index] = float(np.mean(estimator.predict(Z_val) == y_val))
-        log.info("C search: C=%g, val accuracy %.4f (%d iterations, %.1f s)", grid[index], scores[index],
-                 int(np.max(estimator.n_iter_)), seconds)
+        log.debug("C search: C=%g, val accuracy %.4f (%d iterations, %.1f s)", grid[index], scores[index],
+                  iterations(estimator), seconds)
         if any(issubclass(item.category, ConvergenceWarning) for item in caught):
             failed.append(f"{grid[index]:g}")
         if max(scores, key=lambda i: (scores[i], -i)) == index:
@@ -146,7 +133,7 @@ def search_C(
         centre = fits[best][0]  # the nearest C fitted so far to both sides: each starts from its solution
         for index in (best - step, best + step):
             if 0 <= index < len(grid) and index not in scores:
-                evaluate(index, copy.deepcopy(centre))
+                evaluate(index, copy.deepcopy(centre) if probe.warm_starts else probe.search_estimator(grid[index]))
         best = max(scores, key=lambda i: (scores[i], -i))
         step //= 2
     (selected, (probe_fit, seconds, caught)), = fits.items()
@@ -157,7 +144,7 @@ def search_C(
     order = sorted(scores)
     log.info("C search: %d of %d grid values fitted; C=%g has the best val accuracy, %.4f",
              len(scores), len(grid), grid[selected], scores[selected])
-    best_fit = FitResult(pipeline, seconds, int(np.max(probe_fit.n_iter_)),
+    best_fit = FitResult(pipeline, seconds, iterations(probe_fit),
                          not any(issubclass(item.category, ConvergenceWarning) for item in caught), len(y_train),
                          [_describe(item) for item in caught] + [f"ConvergenceWarning: search did not converge at C={C}"
                                                                  for C in failed])

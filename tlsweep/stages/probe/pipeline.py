@@ -21,7 +21,8 @@ import numpy as np
 from tlsweep.errors import DataError
 from tlsweep.stages.backbone import models
 from tlsweep.stages.data import folder
-from tlsweep.stages.features import extraction
+from tlsweep.config import FeaturesConfig
+from tlsweep.stages.features import extraction, pooling
 
 SPEC, BACKBONE, PROBE = "spec.json", "backbone.keras", "probe.joblib"
 RESIZES = ("keras", "pillow")  # how training resized: per batch in extraction.forward, or on load in folder.decode
@@ -35,8 +36,7 @@ class PipelineSpec:
     layer: str
     input_size: int
     resize: str  # one of RESIZES
-    pooling: str
-    grid_size: int
+    features: dict  # the features config (features.pooling and its parameters, features.normalize)
     labels: Sequence[int]  # the probe's classes, as data set indices
     class_names: Sequence[str]  # the names of `labels`, in the same order
     weights: Optional[str] = None  # what built the backbone: "imagenet", null (random init, seeded) or a file
@@ -48,7 +48,14 @@ class PipelineSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PipelineSpec":
+        values = dict(values)
+        if "features" not in values:  # a spec saved before it held the features config whole
+            values["features"] = {key: values[key] for key in ("pooling", "grid_size") if key in values}
         return cls(**{key: values[key] for key in (item.name for item in dataclasses.fields(cls)) if key in values})
+
+    @property
+    def settings(self) -> FeaturesConfig:
+        return FeaturesConfig(**self.features)
 
 
 class ProbePipeline:
@@ -79,9 +86,8 @@ class ProbePipeline:
         for start in range(0, len(images), spec.batch_size):
             (value,) = extraction.forward(self.extractor, preprocess, images[start:start + spec.batch_size],
                                         spec.input_size, spec.batch_size)
-            rows.append(extraction.pool(value.reshape(len(value), -1), map_shape=map_shape, pooling=spec.pooling,
-                                      grid_size=spec.grid_size))
-        dim = extraction.pooled_dim(map_shape, pooling=spec.pooling, grid_size=spec.grid_size)
+            rows.append(pooling.pool(value.reshape(len(value), -1), map_shape=map_shape, settings=spec.settings))
+        dim = pooling.pooled_dim(map_shape, spec.settings)
         return np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
