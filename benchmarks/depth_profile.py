@@ -31,8 +31,9 @@ from benchmarks.cifar_like import write_cifar_like
 from benchmarks.run import HERE, fresh, machine, tlsweep, write_results
 from tlsweep.sweep.depth import layer_similarity
 from tlsweep.tracking import runs
-from tlsweep.tracking.record import Artifact, Kind, Metric, RunRecord, StoredRun, Tag
+from tlsweep.tracking.names import Artifact, Kind, Metric, Tag
 from tlsweep.tracking.store import Store
+from tlsweep.tracking.stored import RunRecord, StoredRun
 
 MODELS = ("vgg16", "resnet50")
 OVERRIDES = ["-m", f"model={','.join(MODELS)}", "layer=stages"]

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,37 @@ def cli():
         )
 
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def cli_in_background():
+    """`cli_in_background(*ARGS, cwd=..., until=TEXT, timeout=300)`: start `python -m tlsweep ARGS` as a user would,
+    its output in cwd/background.log, and return (process, log path) once the log shows TEXT. The caller ends it."""
+
+    def start(*args: str, cwd: Path, until: str, timeout: float = 300) -> tuple[subprocess.Popen, Path]:
+        log_path = cwd / "background.log"
+        with open(log_path, "w") as log:
+            process = subprocess.Popen([sys.executable, "-m", "tlsweep", *args], cwd=cwd, stdout=log,
+                                       stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while until not in log_path.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"`{until}` never showed:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return process, log_path
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def lines_with():
+    """`lines_with(result, TEXT)`: the lines of a finished command's output (stdout, then stderr) that hold TEXT."""
+
+    def found(result: subprocess.CompletedProcess, text: str) -> list[str]:
+        return [line for line in (result.stdout + result.stderr).splitlines() if text in line]
+
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tlsweep.tracking.names import Artifact, Kind, Param, Status, Tag
+
 pytestmark = pytest.mark.server
 pytest.importorskip("flask_wtf", reason="mlflow's basic-auth app needs Flask-WTF: pip install -e '.[auth]'")
 
@@ -111,16 +113,16 @@ def test_with_credentials_a_sweep_logs_as_on_an_open_server(auth_server, isolate
     with auth_server.client(SWEEPER) as client:
         experiment = client.get_experiment_by_name("sweeper-own")  # created by the sweep, as its user
         runs = client.search_runs([experiment.experiment_id], max_results=100)
-        parents = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
-        children = [r for r in runs if r.data.tags.get("tlsweep.kind") == "job"]
-        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-        assert sorted(r.data.params["layer"] for r in children) == LAYERS
-        assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        parents = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+        children = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.JOB]
+        assert len(parents) == 1 and parents[0].info.status == Status.FINISHED
+        assert sorted(r.data.params[Param.LAYER] for r in children) == LAYERS
+        assert all(r.info.status == Status.FINISHED and r.data.tags[Tag.PARENT] == parents[0].info.run_id
                    for r in children)
-        report = client.download_artifacts(children[0].info.run_id, "reports/test_classification_report.txt",
+        report = client.download_artifacts(children[0].info.run_id, Artifact.report("test", "txt"),
                                            str(isolated))
         assert "precision" in Path(report).read_text()
-        table = client.download_artifacts(parents[0].info.run_id, "summary/comparison.csv", str(isolated))
+        table = client.download_artifacts(parents[0].info.run_id, Artifact.summary(Artifact.COMPARISON_CSV), str(isolated))
         assert all(layer in Path(table).read_text() for layer in LAYERS)
 
 
@@ -144,7 +146,7 @@ def test_refused_credentials_stop_the_command_before_any_job_in_one_line(auth_se
     assert ("user 'sweeper'" in line) == (who == "wrong-password")
     assert not _lines(result, "job 1/")  # no job started
     after = auth_server.all_runs()
-    assert {r.info.run_id for r in after} == before and not [r for r in after if r.info.status == "RUNNING"]
+    assert {r.info.run_id for r in after} == before and not [r for r in after if r.info.status == Status.RUNNING]
     assert not (isolated / "cache").exists()  # TLSWEEP_CACHE_DIR: no feature was read or written
 
 
@@ -161,5 +163,5 @@ def test_a_read_only_user_cannot_log_into_an_experiment(auth_server, isolated, c
     ), line
     assert not _lines(result, "job 1/")
     after = auth_server.all_runs()
-    assert {r.info.run_id for r in after} == before and not [r for r in after if r.info.status == "RUNNING"]
+    assert {r.info.run_id for r in after} == before and not [r for r in after if r.info.status == Status.RUNNING]
     assert not (isolated / "cache").exists()

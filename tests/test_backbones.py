@@ -16,6 +16,7 @@ from tlsweep import layers
 from tlsweep.errors import ConfigError, FetchError
 from tlsweep.stages.backbone import models
 from tlsweep.stages.probe import memory
+from tlsweep.tracking.names import Metric, Param, Status, Tag
 from tlsweep.validate import validate
 
 TYPED_NAMES = ["vgg16", "vgg19", "resnet50", "resnet101_v2", "inception_v3", "inception_resnet_v2", "xception",
@@ -100,10 +101,10 @@ def test_a_whole_job_on_another_backbone_and_a_folder(isolated, image_folder_wri
     accuracy = run_job(compose(["data=folder", f"data.path={root}", f"model={name}", "model.weights=null",
                                 "model.batch_size=16", "data.val_fraction=0.25"]))
     (logged,) = experiment_runs(MlflowClient())
-    assert logged.info.status == "FINISHED" and 0.0 <= accuracy <= 1.0
-    assert (logged.data.params["model.name"], logged.data.params["layer"]) == (name, layer)
-    assert logged.data.params["data.classes"] == "[0, 1, 2]" and logged.data.tags["classes"] == "cat,dog,eel"
-    assert logged.data.metrics["cnn_forward_images"] == 24 and int(logged.data.params["feature_dim"]) > 0
+    assert logged.info.status == Status.FINISHED and 0.0 <= accuracy <= 1.0
+    assert (logged.data.params[Param.MODEL], logged.data.params[Param.LAYER]) == (name, layer)
+    assert logged.data.params[Param.CLASSES] == "[0, 1, 2]" and logged.data.tags[Tag.CLASSES] == "cat,dog,eel"
+    assert logged.data.metrics[Metric.CNN_FORWARD_IMAGES] == 24 and int(logged.data.params[Param.FEATURE_DIM]) > 0
 
 
 def run_job(cfg) -> float:

@@ -7,6 +7,10 @@ import os
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tlsweep import identity
+from tlsweep.tracking import names
+from tlsweep.tracking.names import Artifact, Kind, Metric, Param, Status, Tag
+
 LAYERS = ["block3_pool", "block4_pool", "block5_pool"]
 
 
@@ -17,21 +21,31 @@ def _artifacts(client, run_id, path=""):
     return found
 
 
+def _undeclared(run, artifacts: list[str]) -> list[str]:
+    """The params, metrics, tags and artifacts of a run that tlsweep.tracking.names does not declare; MLflow's
+    own system tags (`mlflow.user`, `mlflow.source.*`, ...) are MLflow's, not tlsweep's."""
+    config_keys = list(identity.schema_defaults())
+    found = [f"param {key}" for key in run.data.params if not names.declared("param", key, config_keys=config_keys)]
+    found += [f"metric {key}" for key in run.data.metrics if not names.declared("metric", key)]
+    found += [f"tag {key}" for key in run.data.tags if not names.declared("tag", key) and not key.startswith("mlflow.")]
+    return found + [f"artifact {path}" for path in artifacts if not names.declared("artifact", path)]
+
+
 def test_three_cut_multirun_is_one_parent_with_three_children(isolated, cifar_archive, cli, tiny, experiment_runs):
     result = cli("-m", f"layer={','.join(LAYERS)}", f"data.path={cifar_archive}", *tiny, cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
 
     client = MlflowClient()
     runs = experiment_runs(client)
-    parents = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parents = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    children = [r for r in runs if r.data.tags.get(Tag.PARENT)]
+    assert len(parents) == 1 and parents[0].info.status == Status.FINISHED
     assert len(children) == 3
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
-    assert sorted(c.data.params["layer"] for c in children) == LAYERS
-    assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags[Tag.PARENT] for c in children} == {parents[0].info.run_id}
+    assert sorted(c.data.params[Param.LAYER] for c in children) == LAYERS
+    assert all(c.info.status == Status.FINISHED for c in children)
 
-    dims = {c.data.params["layer"]: int(c.data.params["feature_dim"]) for c in children}
+    dims = {c.data.params[Param.LAYER]: int(c.data.params[Param.FEATURE_DIM]) for c in children}
     assert dims == {"block3_pool": 4096, "block4_pool": 2048, "block5_pool": 512}
     for child in children:
         metrics, params, tags = child.data.metrics, child.data.params, child.data.tags
@@ -40,29 +54,32 @@ def test_three_cut_multirun_is_one_parent_with_three_children(isolated, cifar_ar
             assert f"{split}_macro_f1" in metrics and f"{split}_weighted_precision" in metrics
             assert f"{split}_recall_deer" in metrics
         assert {"fit_seconds", "extraction_seconds", "n_iter", "converged"} <= set(metrics)
-        assert params["n_train"] == "45" and params["n_val"] == "15" and params["n_test"] == "24"
-        assert params["classifier.C"] == "0.1" and params["data.classes"] == "[4, 5, 6, 7, 8, 9]"
-        assert tags["classes"] == "deer,dog,frog,horse,ship,truck"
-        assert tags["layer"] == params["layer"]
+        assert params[Param.N_TRAIN] == "45" and params[Param.N_VAL] == "15" and params[Param.N_TEST] == "24"
+        assert params[Param.C] == "0.1" and params[Param.CLASSES] == "[4, 5, 6, 7, 8, 9]"
+        assert tags[Tag.CLASSES] == "deer,dog,frog,horse,ship,truck"
+        assert tags[Tag.LAYER] == params[Param.LAYER]
         for key in ("machine.host", "machine.cpu", "machine.gpu", "version.tensorflow", "version.keras",
-                    "version.scikit-learn", "version.mlflow", "tlsweep.config_hash"):
+                    "version.scikit-learn", "version.mlflow", Tag.CONFIG_HASH):
             assert tags.get(key), key
         artifacts = set(_artifacts(client, child.info.run_id))
         for split in ("train", "val", "test"):
-            assert f"reports/{split}_classification_report.txt" in artifacts
-            assert f"reports/{split}_classification_report.json" in artifacts
-            assert f"confusion/{split}_confusion_matrix.png" in artifacts
-        assert "config.yaml" in artifacts
-        report = client.download_artifacts(child.info.run_id, "reports/test_classification_report.txt", str(isolated))
+            assert Artifact.report(split, "txt") in artifacts
+            assert Artifact.report(split, "json") in artifacts
+            assert Artifact.confusion(split) in artifacts
+        assert Artifact.CONFIG in artifacts
+        report = client.download_artifacts(child.info.run_id, Artifact.report("test", "txt"), str(isolated))
         assert "precision" in open(report).read() and "deer" in open(report).read()
     # one forward pass filled every cut: only the first job ran the CNN
-    forward = sorted(c.data.metrics["cnn_forward_images"] for c in children)
+    forward = sorted(c.data.metrics[Metric.CNN_FORWARD_IMAGES] for c in children)
     assert forward == [0, 0, 60 + 24]
 
+    for run in (*parents, *children):  # every name the sweep wrote is one tlsweep.tracking.names declares
+        assert _undeclared(run, _artifacts(client, run.info.run_id)) == [], run.info.run_id
+
     summary = set(_artifacts(client, parents[0].info.run_id))
-    assert {"summary/comparison.csv", "summary/comparison.md"} <= summary
-    assert any(p.startswith("summary/accuracy_vs_layer") and p.endswith(".png") for p in summary)
-    table = open(client.download_artifacts(parents[0].info.run_id, "summary/comparison.csv", str(isolated))).read()
+    assert {Artifact.summary(Artifact.COMPARISON_CSV), Artifact.summary(Artifact.COMPARISON_MD)} <= summary
+    assert any(p.startswith(Artifact.summary(Artifact.ACCURACY_VS_LAYER)) and p.endswith(".png") for p in summary)
+    table = open(client.download_artifacts(parents[0].info.run_id, Artifact.summary(Artifact.COMPARISON_CSV), str(isolated))).read()
     assert all(layer in table for layer in LAYERS) and "test_accuracy" in table
 
 
@@ -71,8 +88,8 @@ def test_single_run_without_m_logs_one_run(isolated, cifar_dir, cli, tiny, exper
     assert result.returncode == 0, result.stderr[-3000:]
     runs = experiment_runs(MlflowClient())
     assert len(runs) == 1
-    assert runs[0].info.status == "FINISHED"
-    assert "mlflow.parentRunId" not in runs[0].data.tags
+    assert runs[0].info.status == Status.FINISHED
+    assert Tag.PARENT not in runs[0].data.tags
 
 
 def test_default_store_is_mlflow_db_in_the_folder_the_command_ran_in(isolated, cifar_dir, cli, tiny,
@@ -83,7 +100,7 @@ def test_default_store_is_mlflow_db_in_the_folder_the_command_ran_in(isolated, c
     assert result.returncode == 0, result.stderr[-3000:]
     assert (isolated / "mlflow.db").exists()
     runs = experiment_runs(MlflowClient(f"sqlite:///{isolated / 'mlflow.db'}"))
-    assert [r.data.params["classifier.C"] for r in runs] == ["0.5"]
+    assert [r.data.params[Param.C] for r in runs] == ["0.5"]
 
 
 def test_sweep_over_layer_classes_and_c(isolated, cifar_dir, cli, tiny, experiment_runs):
@@ -92,16 +109,16 @@ def test_sweep_over_layer_classes_and_c(isolated, cifar_dir, cli, tiny, experime
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient()
     runs = experiment_runs(client)
-    parent = next(r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep")
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    seen = {(c.data.params["layer"], c.data.params["classifier.C"], c.data.tags["classes"]) for c in children}
+    parent = next(r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP)
+    children = [r for r in runs if r.data.tags.get(Tag.PARENT) == parent.info.run_id]
+    seen = {(c.data.params[Param.LAYER], c.data.params[Param.C], c.data.tags[Tag.CLASSES]) for c in children}
     assert seen == {(layer, C, classes) for layer in ("block4_pool", "block5_pool") for C in ("0.01", "1.0")
                     for classes in ("deer,dog", "airplane,automobile,truck")}
     # classes 4 and 5 were extracted once, for both layers; the second subset only ran its own images
-    assert sum(c.data.metrics["cnn_forward_images"] for c in children) == (10 + 4) * 5
+    assert sum(c.data.metrics[Metric.CNN_FORWARD_IMAGES] for c in children) == (10 + 4) * 5
     artifacts = _artifacts(client, parent.info.run_id)
-    assert sum(p.startswith("summary/val_accuracy_vs_C") for p in artifacts) == 2  # one per class subset
-    assert sum(p.startswith("summary/accuracy_vs_layer") for p in artifacts) == 4  # per class subset and C
+    assert sum(p.startswith(Artifact.summary(Artifact.VAL_ACCURACY_VS_C)) for p in artifacts) == 2  # one per class subset
+    assert sum(p.startswith(Artifact.summary(Artifact.ACCURACY_VS_LAYER)) for p in artifacts) == 4  # per class subset and C
 
 
 def test_offline_download_failure_is_one_clear_line(isolated, cli, experiment_runs):
@@ -143,7 +160,7 @@ def test_demo_preset_runs_offline_and_is_tagged(isolated, project_root, cli, exp
     result = cli("-cd", str(project_root / "sweeps"), "-cn", preset, "model.batch_size=64",
                  "layer=block4_pool,block5_pool", cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
-    children = [r for r in experiment_runs(MlflowClient()) if r.data.tags.get("mlflow.parentRunId")]
+    children = [r for r in experiment_runs(MlflowClient()) if r.data.tags.get(Tag.PARENT)]
     assert len(children) == 2
-    assert all(c.data.tags["demo"] == "true" and c.data.params["data.name"] == "digits" for c in children)
-    assert all(c.data.metrics["test_accuracy"] > 0.5 for c in children)  # real images, learnable
+    assert all(c.data.tags[Tag.DEMO] == "true" and c.data.params["data.name"] == "digits" for c in children)
+    assert all(c.data.metrics[Metric.accuracy("test")] > 0.5 for c in children)  # real images, learnable

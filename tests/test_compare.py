@@ -12,17 +12,18 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from tlsweep import compare
+from tlsweep.tracking.names import Artifact, Kind, Status, Tag
 
 LAYERS = {"block3_pool": 11, "block4_pool": 15, "block5_pool": 19}
 
 
 def _log_job(client, experiment_id, *, machine, layer, accuracy, fit_seconds, classes="deer,dog", C=0.1,
-             parent=None, status="FINISHED"):
+             parent=None, status=Status.FINISHED):
     """A job run with the params, metrics and tags that `python -m tlsweep` gives its runs."""
-    tags = {"tlsweep.kind": "job", "machine": machine, "classes": classes, "layer": layer,
-            "tlsweep.config_hash": f"{layer}|{classes}|{C}"}
+    tags = {Tag.KIND: Kind.JOB, "machine": machine, "classes": classes, "layer": layer,
+            Tag.CONFIG_HASH: f"{layer}|{classes}|{C}"}
     if parent:
-        tags["mlflow.parentRunId"] = parent
+        tags[Tag.PARENT] = parent
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     params = {"model.name": "vgg16", "layer": layer, "classifier.C": str(C), "data.classes": "[4, 5]",
               "classifier.name": "linear_svc", "seed": "0",
@@ -45,7 +46,7 @@ def store_template(tmp_path_factory):
     folder = tmp_path_factory.mktemp("store")
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiment_id = client.create_experiment("tlsweep", artifact_location=str(folder / "artifacts"))
-    parents = {machine: client.create_run(experiment_id, tags={"tlsweep.kind": "sweep"}).info.run_id
+    parents = {machine: client.create_run(experiment_id, tags={Tag.KIND: Kind.SWEEP}).info.run_id
                for machine in ("alpha", "beta")}
     runs = {}
     for machine, slower in (("alpha", 1.0), ("beta", 3.0)):
@@ -114,13 +115,13 @@ def test_without_out_logs_a_summary_run_that_later_comparisons_leave_out(two_mac
     found = client.search_runs([experiment_id], "tags.`tlsweep.kind` = 'summary'")
     assert len(found) == 1
     summary_run = found[0]
-    assert summary_run.info.status == "FINISHED"
-    assert summary_run.data.tags["compare.machines"] == "alpha,beta" and summary_run.data.tags["compare.runs"] == "5"
+    assert summary_run.info.status == Status.FINISHED
+    assert summary_run.data.tags[Tag.COMPARE_MACHINES] == "alpha,beta" and summary_run.data.tags[Tag.COMPARE_RUNS] == "5"
     listed = {item.path for item in client.list_artifacts(summary_run.info.run_id, "summary")}
-    assert {"summary/comparison.csv", "summary/comparison.md", "summary/by_machine.csv",
-            "summary/by_machine.md"} <= listed
-    assert any(path.startswith("summary/accuracy_vs_layer") for path in listed)
-    path = client.download_artifacts(summary_run.info.run_id, "summary/by_machine.csv", str(tmp_path))
+    assert {Artifact.summary(Artifact.COMPARISON_CSV), Artifact.summary(Artifact.COMPARISON_MD), Artifact.summary(Artifact.BY_MACHINE_CSV),
+            Artifact.summary(Artifact.BY_MACHINE_MD)} <= listed
+    assert any(path.startswith(Artifact.summary(Artifact.ACCURACY_VS_LAYER)) for path in listed)
+    path = client.download_artifacts(summary_run.info.run_id, Artifact.summary(Artifact.BY_MACHINE_CSV), str(tmp_path))
     assert set(pd.read_csv(path)["machines"]) == {1, 2}  # ship,truck ran on alpha only
 
     assert compare.main(["--out", str(tmp_path / "again")]) == 0
@@ -130,11 +131,11 @@ def test_without_out_logs_a_summary_run_that_later_comparisons_leave_out(two_mac
 def test_failed_runs_are_listed_but_not_compared(two_machines, tmp_path):
     client, experiment_id, _, _ = two_machines
     failed = _log_job(client, experiment_id, machine="gamma", layer="block4_pool", accuracy=0.1, fit_seconds=1.0,
-                      status="FAILED")
+                      status=Status.FAILED)
     assert compare.main(["--out", str(tmp_path / "cmp")]) == 0
     assert failed not in set(_read(tmp_path / "cmp")["run_id"])  # no NaN row among the compared
     listed = _read(tmp_path / "cmp", "failed")
-    assert listed.loc[listed["run_id"] == failed, "status"].item() == "FAILED"
+    assert listed.loc[listed["run_id"] == failed, "status"].item() == Status.FAILED
     assert not any("gamma" in column for column in _read(tmp_path / "cmp", "by_machine").columns)
 
 

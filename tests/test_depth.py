@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tlsweep.tracking.names import Artifact, Metric, Param, Status
+
 MODELS = ("vgg16", "mobilenet_v2")
 
 
@@ -37,17 +39,17 @@ def _stages(compose, model: str) -> list[str]:
 def test_one_child_per_model_and_stage_from_one_cnn_pass_per_model(stage_sweep, compose):
     _, _, children = stage_sweep
     for model in MODELS:
-        runs = [run for run in children if run.data.params["model.name"] == model]
-        assert [run.data.params["layer"] for run in runs] == _stages(compose, model)
-        assert all(run.info.status == "FINISHED" for run in runs)
-        passes = [run.data.metrics["cnn_forward_images"] for run in runs]
+        runs = [run for run in children if run.data.params[Param.MODEL] == model]
+        assert [run.data.params[Param.LAYER] for run in runs] == _stages(compose, model)
+        assert all(run.info.status == Status.FINISHED for run in runs)
+        passes = [run.data.metrics[Metric.CNN_FORWARD_IMAGES] for run in runs]
         assert passes[0] > 0 and passes[1:] == [0] * (len(runs) - 1)  # the first stage filled the cache for all
 
 
 def test_each_child_logs_its_layer_depth_from_0_to_1(stage_sweep):
     _, _, children = stage_sweep
     for model in MODELS:
-        depths = [run.data.metrics["layer_depth"] for run in children if run.data.params["model.name"] == model]
+        depths = [run.data.metrics[Metric.LAYER_DEPTH] for run in children if run.data.params[Param.MODEL] == model]
         assert all(0 < d for d in depths) and depths == sorted(depths) and len(set(depths)) == len(depths)
         assert depths[-1] == 1.0
 
@@ -56,9 +58,9 @@ def test_the_parent_plots_accuracy_by_depth_and_logs_one_cka_matrix_over_every_c
     client, parent, _ = stage_sweep
     run_id = parent.info.run_id
     artifacts = {item.path for item in client.list_artifacts(run_id, "summary")}
-    assert any(path.startswith("summary/depth_profile-") and path.endswith(".png") for path in artifacts)
-    assert {"summary/cka.csv", "summary/cka.png"} <= artifacts and not any("-vs-" in path for path in artifacts)
-    matrix = pd.read_csv(io.StringIO(Path(client.download_artifacts(run_id, "summary/cka.csv")).read_text()),
+    assert any(path.startswith(Artifact.summary(f"{Artifact.DEPTH_PROFILE}-")) and path.endswith(".png") for path in artifacts)
+    assert {Artifact.summary(f"{Artifact.CKA}.csv"), Artifact.summary(f"{Artifact.CKA}.png")} <= artifacts and not any("-vs-" in path for path in artifacts)
+    matrix = pd.read_csv(io.StringIO(Path(client.download_artifacts(run_id, Artifact.summary(f"{Artifact.CKA}.csv"))).read_text()),
                          index_col=0)
     cuts = [f"{model}/{stage}" for model in sorted(MODELS) for stage in _stages(compose, model)]
     assert list(matrix.index) == cuts and list(matrix.columns) == cuts  # by model, then input to output

@@ -8,6 +8,7 @@ import pytest
 
 from tlsweep.errors import ConfigError, DataError
 from tlsweep.stages.data import datasets, folder
+from tlsweep.tracking.names import Status
 from tlsweep.validate import validate
 
 # every format and mode data=folder reads (JPEG holds no palette or alpha; GIF holds palettes only)
@@ -112,7 +113,7 @@ def test_a_bad_image_stops_the_run_before_the_cnn(isolated, image_folder_writer,
     with pytest.raises(DataError, match="'eel/03.png' is not a readable image"):
         run(_folder(compose, root, "model.batch_size=16"))
     (failed,) = experiment_runs(MlflowClient())
-    assert failed.info.status == "FAILED" and "cnn_forward_images" not in failed.data.metrics
+    assert failed.info.status == Status.FAILED and "cnn_forward_images" not in failed.data.metrics
     assert not list((isolated / "cache").rglob("*.npy"))  # no feature was computed
 
 

@@ -19,7 +19,7 @@ from tlsweep import provenance
 from tlsweep.errors import ConfigError
 from tlsweep.tracking import heartbeat
 from tlsweep.tracking.heartbeat import Heartbeat
-from tlsweep.tracking.record import Tag
+from tlsweep.tracking.names import Kind, Status, Tag
 from tlsweep.validate import stale_after_seconds
 
 HEARTBEAT = "tlsweep.heartbeat"
@@ -111,16 +111,16 @@ def test_a_sweep_closes_runs_whose_heartbeat_is_stale_on_any_host_and_leaves_liv
     finally:
         live_beats.stop()
 
-    assert runs[dead].info.status == "KILLED"
+    assert runs[dead].info.status == Status.KILLED
     assert runs[dead].info.end_time == int(last_beat.timestamp() * 1000)  # it ended when it last beat
-    error = runs[dead].data.tags["error"]
+    error = runs[dead].data.tags[Tag.ERROR]
     assert "no heartbeat for" in error and "tracking.stale_after=20s" in error and "dead-host:4242:1234" in error
     for run_id in (live, paused, unmarked):
-        assert runs[run_id].info.status == "RUNNING" and "error" not in runs[run_id].data.tags
+        assert runs[run_id].info.status == Status.RUNNING and "error" not in runs[run_id].data.tags
     assert "marked 1 stale RUNNING run(s) KILLED" in result.stdout + result.stderr
 
-    (parent,) = [r for r in runs.values() if r.data.tags.get(Tag.KIND) == "sweep" and r.data.tags[Tag.MACHINE] == "survivor"]
-    assert parent.info.status == "FINISHED"
+    (parent,) = [r for r in runs.values() if r.data.tags.get(Tag.KIND) == Kind.SWEEP and r.data.tags[Tag.MACHINE] == "survivor"]
+    assert parent.info.status == Status.FINISHED
     # the sweep's parent carried a heartbeat (every 2 s for stale_after=20s) until just before it closed; the
     # periodic refresh itself is checked with a short interval above
     last = heartbeat.beat_time(parent.data.tags[HEARTBEAT]).timestamp()

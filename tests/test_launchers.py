@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tlsweep.tracking.names import Artifact, Kind, Metric, Param, Status, Tag
+
 
 IMAGES = 60 + 24  # train + test images of the tiny CIFAR-10 files, classes 4-9
 
@@ -27,19 +29,19 @@ def test_jobs_in_other_processes_stay_children_of_one_parent_and_share_the_cache
 
     client = MlflowClient()
     runs = experiment_runs(client)
-    parents = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("tlsweep.kind") == "job"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.data.params["layer"] for r in children) == layers
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    assert all(r.info.status == "FINISHED" for r in children)
+    parents = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    children = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.JOB]
+    assert len(parents) == 1 and parents[0].info.status == Status.FINISHED
+    assert sorted(r.data.params[Param.LAYER] for r in children) == layers
+    assert {r.data.tags[Tag.PARENT] for r in children} == {parents[0].info.run_id}
+    assert all(r.info.status == Status.FINISHED for r in children)
     # the jobs ran in worker processes, not in the one that opened the parent run
-    processes = {r.data.tags["tlsweep.process"] for r in children}
-    assert parents[0].data.tags["tlsweep.process"] not in processes
+    processes = {r.data.tags[Tag.PROCESS] for r in children}
+    assert parents[0].data.tags[Tag.PROCESS] not in processes
     # one job ran the CNN for every cut of the sweep; the others read the shared cache
-    forward = sorted(r.data.metrics["cnn_forward_images"] for r in children)
+    forward = sorted(r.data.metrics[Metric.CNN_FORWARD_IMAGES] for r in children)
     assert forward == [0] * (len(layers) - 1) + [IMAGES]
-    table = client.download_artifacts(parents[0].info.run_id, "summary/comparison.csv", str(isolated))
+    table = client.download_artifacts(parents[0].info.run_id, Artifact.summary(Artifact.COMPARISON_CSV), str(isolated))
     assert all(layer in open(table).read() for layer in layers)
 
 

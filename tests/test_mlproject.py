@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-PROVENANCE_TAGS = ("tlsweep.config_hash", "data.fingerprint", "weights.fingerprint", "layer", "classes", "tlsweep.kind")
+from tlsweep.tracking.names import Artifact, Kind, Param, Status, Tag
+
+PROVENANCE_TAGS = (Tag.CONFIG_HASH, Tag.DATA_FINGERPRINT, Tag.WEIGHTS_FINGERPRINT, "layer", "classes", Tag.KIND)
 
 
 def _start(command: list[str], *, cwd: Path, store: Path, cache: Path) -> subprocess.Popen:
@@ -52,7 +54,7 @@ def _result(run) -> tuple[dict, dict, dict]:
 
 
 def _jobs(runs) -> dict[str, tuple]:
-    return {r.data.params["layer"]: _result(r) for r in runs if r.data.tags.get("tlsweep.kind") == "job"}
+    return {r.data.params[Param.LAYER]: _result(r) for r in runs if r.data.tags.get(Tag.KIND) == Kind.JOB}
 
 
 def test_sweep_entry_point_gives_the_direct_sweeps_runs_under_the_project_run(isolated, cifar_dir, project_root,
@@ -62,13 +64,13 @@ def test_sweep_entry_point_gives_the_direct_sweeps_runs_under_the_project_run(is
 
     assert len(_jobs(project)) == 2 and _jobs(project) == _jobs(direct)
     [parent] = [r for r in project if r.data.tags.get("mlflow.project.entryPoint") == "sweep"]
-    assert parent.data.tags["tlsweep.kind"] == "sweep" and parent.info.status == "FINISHED"
+    assert parent.data.tags[Tag.KIND] == Kind.SWEEP and parent.info.status == Status.FINISHED
     assert shlex.split(parent.data.params["overrides"]) == [" ".join(overrides)]  # MLflow logs it shell-quoted
-    children = [r for r in project if r.data.tags.get("tlsweep.kind") == "job"]
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    children = [r for r in project if r.data.tags.get(Tag.KIND) == Kind.JOB]
+    assert {r.data.tags[Tag.PARENT] for r in children} == {parent.info.run_id}
     assert len(project) == 3  # the project run is the parent: no second parent, no stray run
     client = MlflowClient(f"sqlite:///{isolated / 'project.db'}")
-    assert "summary/comparison.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert Artifact.summary(Artifact.COMPARISON_CSV) in {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
 
 
 @pytest.mark.slow
@@ -80,8 +82,8 @@ def test_main_entry_point_logs_the_direct_runs_result_into_the_project_run(isola
 
     assert len(project) == len(direct) == 1
     assert _result(project[0]) == _result(direct[0])
-    assert project[0].data.params["data.classes"] == "[4, 5, 6]"
-    assert project[0].data.tags["mlflow.project.entryPoint"] == "main" and project[0].info.status == "FINISHED"
+    assert project[0].data.params[Param.CLASSES] == "[4, 5, 6]"
+    assert project[0].data.tags["mlflow.project.entryPoint"] == "main" and project[0].info.status == Status.FINISHED
 
 
 @pytest.mark.slow
@@ -95,5 +97,5 @@ def test_project_run_in_another_experiment_is_one_clear_line(isolated, cifar_dir
     assert len(lines) == 1 and "'other'" in lines[0] and "--experiment-name" in lines[0]
     client = MlflowClient(f"sqlite:///{isolated / 'project.db'}")
     [project] = client.search_runs([client.get_experiment_by_name("other").experiment_id])
-    assert project.info.status == "FAILED" and "layer" not in project.data.params  # nothing logged astray
+    assert project.info.status == Status.FAILED and "layer" not in project.data.params  # nothing logged astray
     assert client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id]) == []

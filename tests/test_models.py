@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tlsweep.tracking.names import Artifact, Param, Tag
+
 KINDS = (("png", "RGB"), ("jpg", "L"), ("bmp", "RGB"), ("gif", "P"), ("png", "RGBA"))
 SIZES = ((32, 32), (40, 28), (24, 36))
 
@@ -49,7 +51,7 @@ def _artifact_text(client, run_id: str, path: str) -> str:
 
 
 def _predictions(client, run_id: str, split: str) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(_artifact_text(client, run_id, f"predictions/{split}.csv"))))
+    return list(csv.DictReader(io.StringIO(_artifact_text(client, run_id, Artifact.predictions(split)))))
 
 
 def _raw(root: Path, image_id: str) -> np.ndarray:
@@ -66,7 +68,7 @@ def test_the_parents_model_predicts_from_raw_images_of_any_size_what_the_best_ru
 
     uri, client, parent, root = folder_sweep
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    best = parent.data.tags["best.run_id"]
+    best = parent.data.tags[Tag.BEST_RUN_ID]
     logged = _predictions(client, best, "test")
     model = mlflow.pyfunc.load_model(f"runs:/{parent.info.run_id}/model")
     sizes = {_raw(root, row["id"]).shape[:2] for row in logged}
@@ -94,21 +96,21 @@ def test_each_job_logs_its_probe_as_a_scikit_learn_model_with_signature_and_exam
         info = mlflow.models.get_model_info(f"runs:/{job.info.run_id}/probe")
         assert "sklearn" in info.flavors
         shape = info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]
-        assert list(shape) == [-1, int(job.data.params["feature_dim"])]
+        assert list(shape) == [-1, int(job.data.params[Param.FEATURE_DIM])]
         probe = mlflow.sklearn.load_model(f"runs:/{job.info.run_id}/probe")
         example = np.asarray(json.loads(Path(mlflow.artifacts.download_artifacts(
             f"runs:/{job.info.run_id}/probe/input_example.json")).read_text()), dtype=np.float32)
-        assert example.shape == (2, int(job.data.params["feature_dim"]))
+        assert example.shape == (2, int(job.data.params[Param.FEATURE_DIM]))
         assert probe.predict(example).shape == (len(example),)
 
 
 def test_each_job_logs_its_datasets_predictions_and_skipped_files(folder_sweep):
     _, client, parent, root = folder_sweep
-    job = client.get_run(parent.data.tags["best.run_id"])
+    job = client.get_run(parent.data.tags[Tag.BEST_RUN_ID])
     inputs = {item.tags[0].value: item.dataset for item in job.inputs.dataset_inputs}
     assert sorted(inputs) == ["test", "train", "val"]
     for split, dataset in inputs.items():
-        assert dataset.digest == job.data.tags["data.fingerprint"]
+        assert dataset.digest == job.data.tags[Tag.DATA_FINGERPRINT]
         assert json.loads(dataset.source)["uri"] == str(root.resolve()) and dataset.source_type == "local"
         assert json.loads(dataset.profile)["images"] == int(job.data.params[f"n_{split}"])
     for split in ("train", "val", "test"):
@@ -117,13 +119,13 @@ def test_each_job_logs_its_datasets_predictions_and_skipped_files(folder_sweep):
         assert all((root / row["id"]).is_file() and row["id"].split("/")[0] == row["true"] for row in rows)
         accuracy = np.mean([row["true"] == row["predicted"] for row in rows])
         assert accuracy == pytest.approx(job.data.metrics[f"{split}_accuracy"])
-    skipped = list(csv.DictReader(io.StringIO(_artifact_text(client, job.info.run_id, "data/skipped_images.csv"))))
+    skipped = list(csv.DictReader(io.StringIO(_artifact_text(client, job.info.run_id, Artifact.SKIPPED_IMAGES))))
     assert [row["id"] for row in skipped] == ["dog/broken.png"] and skipped[0]["reason"]
 
 
 def test_mlflow_models_serve_answers_raw_images_with_class_names(folder_sweep, free_port, tmp_path):
     uri, client, parent, root = folder_sweep
-    logged = _predictions(client, parent.data.tags["best.run_id"], "test")
+    logged = _predictions(client, parent.data.tags[Tag.BEST_RUN_ID], "test")
     same_size = [row for row in logged if _raw(root, row["id"]).shape[:2] == (32, 32)][:3]
     images = np.stack([_raw(root, row["id"]) for row in same_size])
     port = free_port()

@@ -16,6 +16,7 @@ from sklearn.linear_model import RidgeClassifier
 from tlsweep.errors import ConfigError
 from tlsweep.stages.features import pooling
 from tlsweep.stages.probe import classify, probes
+from tlsweep.tracking.names import Metric, Param, Status
 from tlsweep.validate import validate
 
 
@@ -70,10 +71,10 @@ def test_classifier_ridge_runs_end_to_end(isolated, cifar_dir, compose, tiny, ex
     run(compose([*tiny, f"data.path={cifar_dir}", "classifier=ridge", "classifier.C=auto", "layer=block5_pool",
                  "data.classes=[4,5]"]))
     runs = experiment_runs(MlflowClient())
-    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
-    assert {r.data.params["classifier.name"] for r in runs} == {"ridge"}
-    auto = next(r for r in runs if r.data.params["classifier.C"] == "auto")
-    assert float(auto.data.params["selected_C"]) > 0 and auto.data.metrics["n_iter"] == 1  # closed form
+    assert sorted(r.info.status for r in runs) == [Status.FINISHED, Status.FINISHED]
+    assert {r.data.params[Param.CLASSIFIER] for r in runs} == {"ridge"}
+    auto = next(r for r in runs if r.data.params[Param.C] == "auto")
+    assert float(auto.data.params[Param.SELECTED_C]) > 0 and auto.data.metrics[Metric.N_ITER] == 1  # closed form
 
 
 def test_the_help_page_and_the_docs_list_every_registry_entry(project_root):

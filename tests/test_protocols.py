@@ -15,7 +15,8 @@ from tlsweep.config import _default_C_grid
 from tlsweep.job import run
 from tlsweep.stages.probe import classify, probes
 from tlsweep.sweep import summary
-from tlsweep.tracking.record import RunRecord, StoredRun
+from tlsweep.tracking.names import Artifact, Kind, Metric, Param, Status, Tag
+from tlsweep.tracking.stored import RunRecord, StoredRun
 
 PROBE = dict(loss="squared_hinge", max_iter=1000, tol=1e-4, dual="auto", seed=0)
 
@@ -87,24 +88,24 @@ def test_C_auto_logs_the_search_and_refits_on_train_and_val(isolated, cifar_dir,
     client = MlflowClient()
     (logged,) = experiment_runs(client)
     params, metrics, tags = logged.data.params, logged.data.metrics, logged.data.tags
-    assert params["classifier.C"] == "auto"
-    assert int(params["n_fit"]) == int(params["n_train"]) + int(params["n_val"])
-    tried = client.get_metric_history(logged.info.run_id, "search/C")
-    scores = client.get_metric_history(logged.info.run_id, "search/val_accuracy")
+    assert params[Param.C] == "auto"
+    assert int(params[Param.N_FIT]) == int(params[Param.N_TRAIN]) + int(params[Param.N_VAL])
+    tried = client.get_metric_history(logged.info.run_id, Metric.SEARCH_C)
+    scores = client.get_metric_history(logged.info.run_id, Metric.SEARCH_VAL_ACCURACY)
     assert [m.step for m in tried] == [m.step for m in scores] == list(range(len(tried))) and len(tried) > 3
-    assert float(params["selected_C"]) in [m.value for m in tried]
-    assert max(m.value for m in scores) == pytest.approx(metrics["val_accuracy"])
+    assert float(params[Param.SELECTED_C]) in [m.value for m in tried]
+    assert max(m.value for m in scores) == pytest.approx(metrics[Metric.accuracy("val")])
     for split in ("train", "val", "test"):  # seven classes: top-5 is reported
         assert 0 <= metrics[f"{split}_balanced_accuracy"] <= 1 and 0 <= metrics[f"{split}_top5_accuracy"] <= 1
-    assert len(tags["split.digest"]) == 16
+    assert len(tags[Tag.SPLIT_DIGEST]) == 16
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id, "search")}
-    assert artifacts == {"search/val_accuracy_vs_C.png"}
+    assert artifacts == {Artifact.SEARCH_PLOT}
 
 
 def test_few_shot_draws_k_training_images_per_class(isolated, cifar_dir, compose, tiny, experiment_runs):
     run(compose([*tiny, f"data.path={cifar_dir}", "data.train_per_class=3", "data.classes=[4,5]"]))
     (logged,) = experiment_runs(MlflowClient())
-    assert logged.data.params["n_train"] == "6" and "top5" not in " ".join(logged.data.metrics)
+    assert logged.data.params[Param.N_TRAIN] == "6" and "top5" not in " ".join(logged.data.metrics)
 
 
 def test_the_same_config_gives_bit_identical_metrics(isolated, cifar_dir, compose, tiny, experiment_runs):
@@ -115,7 +116,7 @@ def test_the_same_config_gives_bit_identical_metrics(isolated, cifar_dir, compos
                      f"cache_dir={isolated / attempt}", f"tracking.experiment={attempt}"]))
         (logged,) = experiment_runs(MlflowClient(), attempt)
         results.append(({k: v for k, v in logged.data.metrics.items() if k not in timings},
-                        logged.data.tags["split.digest"], logged.data.params["selected_C"]))
+                        logged.data.tags[Tag.SPLIT_DIGEST], logged.data.params[Param.SELECTED_C]))
     assert results[0] == results[1]
 
 
@@ -123,7 +124,7 @@ def _record(layer, index, C, seed, val, test, run_id) -> RunRecord:
     params = {"model.name": "vgg16", "layer": layer, "classifier.C": str(C), "classifier.name": "linear_svc",
               "seed": str(seed)}
     metrics = {"train_accuracy": 1.0, "val_accuracy": val, "test_accuracy": test, "layer_index": index}
-    return RunRecord.parse(StoredRun(run_id, "FINISHED", 0, params, metrics, {"classes": "deer,dog"}))
+    return RunRecord.parse(StoredRun(run_id, Status.FINISHED, 0, params, metrics, {"classes": "deer,dog"}))
 
 
 def test_the_answer_is_chosen_on_validation_never_on_test():
@@ -146,12 +147,12 @@ def test_a_seed_sweep_names_the_best_layer_on_its_parent(isolated, cifar_dir, cl
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient()
     runs = experiment_runs(client)
-    (parent,) = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
-    children = {r.info.run_id: r for r in runs if r.data.tags.get("tlsweep.kind") == "job"}
-    assert len(children) == 4 and parent.data.tags["best.run_id"] in children
-    best = children[parent.data.tags["best.run_id"]]
-    assert parent.data.tags["best.layer"] == best.data.params["layer"]
-    text = open(client.download_artifacts(parent.info.run_id, "summary/selection.md", str(isolated))).read()
+    (parent,) = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    children = {r.info.run_id: r for r in runs if r.data.tags.get(Tag.KIND) == Kind.JOB}
+    assert len(children) == 4 and parent.data.tags[Tag.BEST_RUN_ID] in children
+    best = children[parent.data.tags[Tag.BEST_RUN_ID]]
+    assert parent.data.tags[Tag.BEST_LAYER] == best.data.params[Param.LAYER]
+    text = open(client.download_artifacts(parent.info.run_id, Artifact.summary(Artifact.SELECTION), str(isolated))).read()
     assert text.count("±") == 4  # two layers, val and test, each a mean ± std over the two seeds
     # the answer, where the eye lands: the terminal, the parent's name, metrics and description
     output = result.stdout + result.stderr
@@ -159,13 +160,13 @@ def test_a_seed_sweep_names_the_best_layer_on_its_parent(isolated, cifar_dir, cl
     assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in output
     assert parent.info.run_name == "vgg16 layer=block4_pool,block5_pool seed=0,1"
     assert {"best_val_accuracy", "val_accuracy/block4_pool", "test_accuracy/block5_pool"} <= set(parent.data.metrics)
-    assert "python -m tlsweep -m layer=block4_pool,block5_pool seed=0,1" in parent.data.tags["mlflow.note.content"]
+    assert "python -m tlsweep -m layer=block4_pool,block5_pool seed=0,1" in parent.data.tags[Tag.NOTE]
     assert "job 1/4: layer=block4_pool seed=0" in output and "job 4/4: layer=block5_pool seed=1" in output
     summary_files = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
-    assert any(path.startswith("summary/class_recall_vs_layer-") for path in summary_files)
-    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary/comparison.csv", str(isolated)),
+    assert any(path.startswith(Artifact.summary(f"{Artifact.CLASS_RECALL_VS_LAYER}-")) for path in summary_files)
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, Artifact.summary(Artifact.COMPARISON_CSV), str(isolated)),
                         dtype=str)
     assert all(value.isdigit() for value in table["layer_index"]) and set(table["converged"]) <= {"0", "1"}
-    by_layer = pd.DataFrame([{"layer": r.data.params["layer"], "val": r.data.metrics["val_accuracy"]}
+    by_layer = pd.DataFrame([{"layer": r.data.params[Param.LAYER], "val": r.data.metrics[Metric.accuracy("val")]}
                              for r in children.values()]).groupby("layer")["val"].mean()
-    assert parent.data.tags["best.layer"] == by_layer.idxmax()
+    assert parent.data.tags[Tag.BEST_LAYER] == by_layer.idxmax()

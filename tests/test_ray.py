@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tlsweep.tracking.names import Kind, Metric, Param, Status, Tag
+
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="hydra-ray-launcher is not installed: pip install -e '.[ray]'")
 
@@ -137,15 +139,15 @@ def test_a_sweep_runs_its_jobs_as_tasks_of_a_two_node_ray_cluster(ray_cluster, i
 
     client = MlflowClient()  # the sweep's store: a SQLite file under this test's folder, reached by every node
     runs = experiment_runs(client)
-    parents = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("tlsweep.kind") == "job"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(r.data.params["layer"] for r in children) == LAYERS
-    assert all(r.info.status == "FINISHED" for r in children)
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    parents = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    children = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.JOB]
+    assert len(parents) == 1 and parents[0].info.status == Status.FINISHED
+    assert sorted(r.data.params[Param.LAYER] for r in children) == LAYERS
+    assert all(r.info.status == Status.FINISHED for r in children)
+    assert {r.data.tags[Tag.PARENT] for r in children} == {parents[0].info.run_id}
     # the jobs ran in Ray's worker processes, not in the one that opened the parent run
-    assert parents[0].data.tags["tlsweep.process"] not in {r.data.tags["tlsweep.process"] for r in children}
+    assert parents[0].data.tags[Tag.PROCESS] not in {r.data.tags[Tag.PROCESS] for r in children}
     # one CNN pass in total, into the sweep's cache, though no node's environment names it
-    assert sorted(r.data.metrics["cnn_forward_images"] for r in children) == [0, 0, IMAGES]
+    assert sorted(r.data.metrics[Metric.CNN_FORWARD_IMAGES] for r in children) == [0, 0, IMAGES]
     assert list((isolated / "cache").rglob("*.npy"))
     assert not (isolated / "ray-home" / ".cache" / "tlsweep").exists()

@@ -22,6 +22,7 @@ from tlsweep.errors import TlsweepError
 from tlsweep.job import run
 from tlsweep.stages.data import datasets
 from tlsweep.stages.features import cache, extraction
+from tlsweep.tracking.names import Artifact, Status, Tag
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -154,14 +155,14 @@ def test_bad_input_is_one_line_and_loses_nothing(bad, compose, experiment_runs, 
     assert _snapshot(bad.cache) == before
     client = MlflowClient(bad.uri)
     runs = experiment_runs(client, experiment)
-    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert not [r for r in runs if r.info.status == Status.RUNNING]
     if not case.startswith(FAIL_INSIDE_THE_RUN):
         assert runs == []  # config checks and tracking faults come before any run is opened
     else:
         (failed,) = runs
-        assert failed.info.status == "FAILED"
-        assert failed.data.tags["error"] == f"{type(caught.value).__name__}: {message}"
-        error_txt = Path(client.download_artifacts(failed.info.run_id, "error.txt", str(bad.root)))
+        assert failed.info.status == Status.FAILED
+        assert failed.data.tags[Tag.ERROR] == f"{type(caught.value).__name__}: {message}"
+        error_txt = Path(client.download_artifacts(failed.info.run_id, Artifact.ERROR, str(bad.root)))
         assert message in error_txt.read_text()
 
 
@@ -265,7 +266,7 @@ def test_parallel_jobs_logging_to_one_new_sqlite_store_lose_no_run(tmp_path):
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id], max_results=1000)
     assert len(runs) == workers * n_runs
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.info.status == Status.FINISHED for r in runs)
     assert all(len(r.data.params) == 120 and len(r.data.metrics) == 50 for r in runs)
     assert sorted(r.info.run_name for r in runs) == sorted(f"worker{w}-{i}" for w in range(workers)
                                                              for i in range(n_runs))

@@ -6,19 +6,16 @@ input is also checked in-process in test_reliability.py.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tlsweep.tracking.names import Artifact, Kind, Metric, Param, Status, Tag
+
 LAYERS = ["block3_pool", "block4_pool", "block5_pool"]
 
-
-def _lines_with(result, text: str) -> list[str]:
-    return [line for line in (result.stdout + result.stderr).splitlines() if text in line]
 
 
 CLI_CASES = {
@@ -32,16 +29,16 @@ CLI_CASES = {
 
 @pytest.mark.parametrize("case", list(CLI_CASES))
 def test_bad_input_at_the_command_line_is_one_line_and_exit_1(isolated, cifar_dir, cli, tiny, free_port,
-                                                               experiment_runs, case):
+                                                               experiment_runs, case, lines_with):
     args, expected = CLI_CASES[case]
     args = [arg.format(port=free_port()) for arg in args]
     result = cli(*args, f"data.path={cifar_dir}", *tiny, cwd=isolated)  # -m must come first
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stdout + result.stderr
-    (line,) = _lines_with(result, expected[0])  # said once, on one line
+    (line,) = lines_with(result, expected[0])  # said once, on one line
     assert all(text in line for text in expected), line
     runs = experiment_runs(MlflowClient())
-    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert not [r for r in runs if r.info.status == Status.RUNNING]
     assert runs == []
 
 
@@ -54,7 +51,7 @@ def test_schema_type_error_is_hydras_message_without_a_traceback(isolated, cli, 
 
 
 def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_it(isolated, cifar_dir, cli, tiny,
-                                                                                   experiment_runs):
+                                                                                   experiment_runs, lines_with):
     """joblib, 3 processes at once on a cold cache and a new store; three of the six jobs fail inside their run
     (a val share that leaves a class no val image is found from the labels, before the CNN)."""
     result = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", f"layer={','.join(LAYERS)}",
@@ -62,23 +59,23 @@ def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_i
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     assert "database is locked" not in output and "Traceback" not in output
-    assert len(_lines_with(result, "3 of 6 jobs failed")) == 1
+    assert len(lines_with(result, "3 of 6 jobs failed")) == 1
 
     client = MlflowClient()
     runs = experiment_runs(client)
-    (parent,) = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
-    jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    children = {r.data.params["layer"]: r for r in jobs if r.data.params["data.val_fraction"] == "0.25"}
+    (parent,) = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    jobs = [r for r in runs if r.data.tags.get(Tag.PARENT)]
+    children = {r.data.params[Param.LAYER]: r for r in jobs if r.data.params["data.val_fraction"] == "0.25"}
     assert sorted(children) == sorted(LAYERS)
-    assert all(children[layer].info.status == "FINISHED" for layer in LAYERS)
+    assert all(children[layer].info.status == Status.FINISHED for layer in LAYERS)
     failed = [r for r in jobs if r.data.params["data.val_fraction"] == "0.05"]
-    assert len(failed) == 3 and all(r.info.status == "FAILED" for r in failed)
-    assert all("data.val_fraction should lie in" in r.data.tags["error"] for r in failed)
-    assert parent.info.status == "FAILED"
-    assert len(_lines_with(result, "failed: vgg16 layer=")) == 3
+    assert len(failed) == 3 and all(r.info.status == Status.FAILED for r in failed)
+    assert all("data.val_fraction should lie in" in r.data.tags[Tag.ERROR] for r in failed)
+    assert parent.info.status == Status.FAILED
+    assert len(lines_with(result, "failed: vgg16 layer=")) == 3
 
     # every image went through the CNN once: the other processes waited for the entry, then read it
-    assert sum(children[layer].data.metrics["cnn_forward_images"] for layer in LAYERS) == 60 + 24
+    assert sum(children[layer].data.metrics[Metric.CNN_FORWARD_IMAGES] for layer in LAYERS) == 60 + 24
     from tlsweep.stages.data import datasets
     from tlsweep.stages.features import cache, extraction
 
@@ -105,24 +102,19 @@ def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_i
 
 
 def test_sigkilled_sweep_is_closed_and_resumed_with_one_finished_child_per_layer(isolated, cifar_dir, cli, tiny,
-                                                                                  experiment_runs):
+                                                                                  experiment_runs, cli_in_background):
     args = ["-m", f"layer={','.join(LAYERS)}", f"data.path={cifar_dir}", *tiny]
-    log_path = isolated / "killed.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tlsweep", *args], cwd=isolated, stdout=log,
-                                stderr=subprocess.STDOUT)
+    # the store's schema exists once the parent is opened
+    proc, log_path = cli_in_background(*args, cwd=isolated, until="sweep parent run")
     try:
         deadline = time.monotonic() + 300
-        while "sweep parent run" not in log_path.read_text():  # the store's schema exists from here on
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.2)
         client = MlflowClient()
         finished = []
         while not finished:
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.2)
             finished = [r for r in experiment_runs(client)
-                        if r.info.status == "FINISHED" and r.data.tags.get("mlflow.parentRunId")]
+                        if r.info.status == Status.FINISHED and r.data.tags.get(Tag.PARENT)]
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -130,11 +122,11 @@ def test_sigkilled_sweep_is_closed_and_resumed_with_one_finished_child_per_layer
     assert proc.returncode == -signal.SIGKILL
 
     before = experiment_runs(client)
-    left_running = {r.info.run_id for r in before if r.info.status == "RUNNING"}
-    (killed_parent,) = [r for r in before if r.data.tags.get("tlsweep.kind") == "sweep"]
+    left_running = {r.info.run_id for r in before if r.info.status == Status.RUNNING}
+    (killed_parent,) = [r for r in before if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
     assert killed_parent.info.run_id in left_running  # SIGKILL leaves the run RUNNING
-    done = {r.data.params["layer"]: r.info.run_id for r in before
-            if r.info.status == "FINISHED" and r.data.tags.get("mlflow.parentRunId")}
+    done = {r.data.params[Param.LAYER]: r.info.run_id for r in before
+            if r.info.status == Status.FINISHED and r.data.tags.get(Tag.PARENT)}
     assert 1 <= len(done) < len(LAYERS)
 
     result = cli(*args, "resume=true", cwd=isolated)
@@ -145,16 +137,16 @@ def test_sigkilled_sweep_is_closed_and_resumed_with_one_finished_child_per_layer
     assert f"marked {len(left_running)} stale RUNNING run(s) KILLED" in output
 
     after = {r.info.run_id: r for r in experiment_runs(client)}
-    assert not [r for r in after.values() if r.info.status == "RUNNING"]
+    assert not [r for r in after.values() if r.info.status == Status.RUNNING]
     for run_id in left_running:
-        assert after[run_id].info.status == "KILLED" and "ended without closing" in after[run_id].data.tags["error"]
-    jobs = [r for r in after.values() if r.data.tags.get("tlsweep.kind") == "job" and r.info.status == "FINISHED"]
-    assert sorted(r.data.params["layer"] for r in jobs) == LAYERS  # exactly one FINISHED child per layer
-    assert len({r.data.tags["tlsweep.config_hash"] for r in jobs}) == len(LAYERS)
+        assert after[run_id].info.status == Status.KILLED and "ended without closing" in after[run_id].data.tags[Tag.ERROR]
+    jobs = [r for r in after.values() if r.data.tags.get(Tag.KIND) == Kind.JOB and r.info.status == Status.FINISHED]
+    assert sorted(r.data.params[Param.LAYER] for r in jobs) == LAYERS  # exactly one FINISHED child per layer
+    assert len({r.data.tags[Tag.CONFIG_HASH] for r in jobs}) == len(LAYERS)
     assert {r.info.run_id for r in jobs} >= set(done.values())  # the finished ones were kept, not run again
 
     (new_parent,) = [r for r in after.values()
-                     if r.data.tags.get("tlsweep.kind") == "sweep" and r.info.run_id != killed_parent.info.run_id]
-    assert new_parent.info.status == "FINISHED"
-    table = open(client.download_artifacts(new_parent.info.run_id, "summary/comparison.csv", str(isolated))).read()
+                     if r.data.tags.get(Tag.KIND) == Kind.SWEEP and r.info.run_id != killed_parent.info.run_id]
+    assert new_parent.info.status == Status.FINISHED
+    table = open(client.download_artifacts(new_parent.info.run_id, Artifact.summary(Artifact.COMPARISON_CSV), str(isolated))).read()
     assert all(r.info.run_id in table for r in jobs)  # the resumed runs are in the new summary too

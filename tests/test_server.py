@@ -19,6 +19,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tlsweep.tracking.names import Artifact, Kind, Metric, Status, Tag
+
 pytestmark = pytest.mark.server
 
 def _postgres_bin() -> Path | None:
@@ -101,38 +103,38 @@ def test_two_machines_sweep_into_one_experiment_on_a_shared_server(tracking_serv
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
     assert [e.name for e in experiments] == ["tlsweep"]
     runs = client.search_runs([experiments[0].experiment_id], max_results=100)
-    parents = {r.data.tags["machine"]: r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"}
-    children = [r for r in runs if r.data.tags.get("tlsweep.kind") == "job"]
+    parents = {r.data.tags[Tag.MACHINE]: r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP}
+    children = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.JOB]
     assert sorted(parents) == ["alpha", "beta"] and len(children) == 4
     for child in children:
-        parent = parents[child.data.tags["machine"]]
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
+        parent = parents[child.data.tags[Tag.MACHINE]]
+        assert child.data.tags[Tag.PARENT] == parent.info.run_id and child.info.status == Status.FINISHED
         # artifacts go through the server (proxied) into its --artifacts-destination, and come back through it
         assert child.info.artifact_uri.startswith("mlflow-artifacts:")
-        report = client.download_artifacts(child.info.run_id, "reports/test_classification_report.txt", str(isolated))
+        report = client.download_artifacts(child.info.run_id, Artifact.report("test", "txt"), str(isolated))
         assert "precision" in Path(report).read_text()
         assert list(artifacts.rglob(f"{child.info.run_id}/artifacts/reports/test_classification_report.txt"))
     for parent in parents.values():
-        table = client.download_artifacts(parent.info.run_id, "summary/comparison.csv", str(isolated))
-        assert set(pd.read_csv(table)["machine"]) == {parent.data.tags["machine"]}
+        table = client.download_artifacts(parent.info.run_id, Artifact.summary(Artifact.COMPARISON_CSV), str(isolated))
+        assert set(pd.read_csv(table)["machine"]) == {parent.data.tags[Tag.MACHINE]}
 
     # the same configuration on two machines: same hash, same fingerprints, same accuracy
     by_hash: dict[str, list] = {}
     for child in children:
-        by_hash.setdefault(child.data.tags["tlsweep.config_hash"], []).append(child)
+        by_hash.setdefault(child.data.tags[Tag.CONFIG_HASH], []).append(child)
     assert len(by_hash) == 2
     for pair in by_hash.values():
-        assert sorted(r.data.tags["machine"] for r in pair) == ["alpha", "beta"]
-        for key in ("data.fingerprint", "weights.fingerprint"):
+        assert sorted(r.data.tags[Tag.MACHINE] for r in pair) == ["alpha", "beta"]
+        for key in (Tag.DATA_FINGERPRINT, Tag.WEIGHTS_FINGERPRINT):
             assert pair[0].data.tags[key] == pair[1].data.tags[key]
-        assert pair[0].data.metrics["test_accuracy"] == pair[1].data.metrics["test_accuracy"]
+        assert pair[0].data.metrics[Metric.accuracy("test")] == pair[1].data.metrics[Metric.accuracy("test")]
 
     done = subprocess.run([sys.executable, "-m", "tlsweep.compare", "--tracking-uri", url],
                           cwd=isolated, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = client.search_runs([experiments[0].experiment_id], "tags.`tlsweep.kind` = 'summary'")
-    assert len(summaries) == 1 and summaries[0].data.tags["compare.machines"] == "alpha,beta"
-    path = client.download_artifacts(summaries[0].info.run_id, "summary/by_machine.csv", str(isolated))
+    assert len(summaries) == 1 and summaries[0].data.tags[Tag.COMPARE_MACHINES] == "alpha,beta"
+    path = client.download_artifacts(summaries[0].info.run_id, Artifact.summary(Artifact.BY_MACHINE_CSV), str(isolated))
     by_machine = pd.read_csv(path)
     assert len(by_machine) == 2 and list(by_machine["machines"]) == [2, 2]
     assert (by_machine["test_accuracy[alpha]"] == by_machine["test_accuracy[beta]"]).all()

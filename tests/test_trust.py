@@ -17,8 +17,9 @@ from tlsweep import identity
 from tlsweep.redact import redact, redact_mapping
 from tlsweep.sweep import summary
 from tlsweep.tracking import heartbeat, runs
-from tlsweep.tracking.record import RunRecord, StoredRun, Tag, class_keys
+from tlsweep.tracking.names import Artifact, Status, Tag, class_keys
 from tlsweep.tracking.store import Store
+from tlsweep.tracking.stored import RunRecord, StoredRun
 
 BASE = {"model.name": "vgg16", "model.weights": "imagenet", "layer": "block4_pool", "data.name": "cifar10",
         "data.path": "None", "data.classes": "[4, 5]", "data.val_fraction": "0.2", "data.image_size": "None",
@@ -30,7 +31,7 @@ TAGS = {Tag.CLASSES: "deer,dog", Tag.DATA_FINGERPRINT: "d" * 16, Tag.WEIGHTS_FIN
         Tag.CONFIG_HASH: "h"}
 
 
-def _run(run_id: str, val: float, *, test: float = 0.5, layer_index: int = 14, status: str = "FINISHED",
+def _run(run_id: str, val: float, *, test: float = 0.5, layer_index: int = 14, status: str = Status.FINISHED,
          tags: dict | None = None, **params: str) -> RunRecord:
     """A job run as the store hands it back, differing from BASE in `params` (dots spelt as `__`)."""
     changed = {key.replace("__", "."): value for key, value in params.items()}
@@ -109,28 +110,28 @@ def test_ties_name_one_best_the_smallest_C_then_the_cheapest_cut():
 
 
 def test_failed_runs_are_listed_apart_never_as_empty_rows():
-    records = [_run("ok", 0.8), _run("broken", float("nan"), status="FAILED", layer="block5_pool")]
+    records = [_run("ok", 0.8), _run("broken", float("nan"), status=Status.FAILED, layer="block5_pool")]
     files = summary.summary_files(summary.comparison_table(records), records)
-    assert "broken" not in files["comparison.csv"] and "ok" in files["comparison.csv"]
-    assert "broken" in files["failed.csv"] and "nan" not in files["comparison.csv"].lower()
-    assert "did not finish" in files["comparison.md"]
+    assert "broken" not in files[Artifact.COMPARISON_CSV] and "ok" in files[Artifact.COMPARISON_CSV]
+    assert "broken" in files[Artifact.FAILED] and "nan" not in files[Artifact.COMPARISON_CSV].lower()
+    assert "did not finish" in files[Artifact.COMPARISON_MD]
 
 
 def test_a_run_that_failed_before_its_params_were_written_is_read_from_its_tags():
-    bare = StoredRun("x", "FAILED", 0, {}, {}, {Tag.MODEL: "vgg16", Tag.LAYER: "block4_pool", Tag.CLASSES: "a,b",
+    bare = StoredRun("x", Status.FAILED, 0, {}, {}, {Tag.MODEL: "vgg16", Tag.LAYER: "block4_pool", Tag.CLASSES: "a,b",
                                               Tag.ERROR: "LoggingError: ..."})
     record = RunRecord.parse(bare)
-    assert (record.model, record.layer, record.status) == ("vgg16", "block4_pool", "FAILED")
+    assert (record.model, record.layer, record.status) == ("vgg16", "block4_pool", Status.FAILED)
     table = summary.comparison_table([record])
     assert summary.finished(table).empty and summary.failed(table)["run_id"].tolist() == ["x"]
     assert summary.summary_files(table, [record])["failed.csv"].count("x") >= 1
 
 
 def test_a_sweep_whose_jobs_all_failed_has_a_summary_that_says_so():
-    records = [_run("a", float("nan"), status="FAILED"), _run("b", float("nan"), status="FAILED", layer="x")]
+    records = [_run("a", float("nan"), status=Status.FAILED), _run("b", float("nan"), status=Status.FAILED, layer="x")]
     table = summary.comparison_table(records)
     files = summary.summary_files(table, records)
-    assert "No finished runs" in files["selection.md"] and files["failed.csv"].count("FAILED") == 2
+    assert "No finished runs" in files[Artifact.SELECTION] and files[Artifact.FAILED].count(Status.FAILED) == 2
     assert summary.terminal_table(table) == "no finished runs" and summary.selection(table)[1] is None
 
 
@@ -151,7 +152,7 @@ def test_every_class_name_has_a_metric_key_mlflow_takes_and_reads_back_as_itself
               "seed": "0"}
     tags = {Tag.CLASS_NAMES: json.dumps(NAMES, ensure_ascii=False), Tag.CLASSES: ",".join(NAMES)}
     store.write(run_id, Payload(params=params, metrics=metrics, tags=tags))  # MLflow takes every key
-    store.end(run_id, "FINISHED")
+    store.end(run_id, Status.FINISHED)
     record = RunRecord.parse(store.get(run_id))
     assert record.test_recall == {name: i / 10 for i, name in enumerate(NAMES)}
     assert record.class_names == tuple(NAMES)
@@ -175,7 +176,7 @@ def test_an_observer_never_closes_a_run_before_several_of_its_owners_beats(isola
     closed = runs.close_stale_runs(Store(client.tracking_uri), experiment, stale_after=10)
     assert set(closed) == {quick, dead}
     for run_id in (live, undeclared):
-        assert client.get_run(run_id).info.status == "RUNNING"
+        assert client.get_run(run_id).info.status == Status.RUNNING
     assert heartbeat.dead_after(10, "30") == 150 and heartbeat.dead_after(600, "30") == 600
     assert heartbeat.dead_after(10, "1e9") == 150  # no owner beats less often than every 30 s
 

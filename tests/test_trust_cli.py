@@ -10,9 +10,6 @@ import csv
 import io
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +18,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tlsweep.errors import ConfigError
+from tlsweep.tracking.names import Artifact, Kind, Metric, Param, Status, Tag
 
 ODD = ("great (white) shark", "a+b", "a&b", "o'neill", "x, y", "Ünïcødé ελάφι")
 SECRET = "hunter2-s3cret"
 
-
-def _lines_with(result, text: str) -> list[str]:
-    return [line for line in (result.stdout + result.stderr).splitlines() if text in line]
 
 
 def _everything_logged(client: MlflowClient, run, folder: Path) -> str:
@@ -60,24 +55,24 @@ def odd_sweep(tmp_path_factory, image_folder_writer, cli, tiny):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tlsweep").experiment_id
     runs = client.search_runs([experiment])
-    (parent,) = [run for run in runs if run.data.tags.get("tlsweep.kind") == "sweep"]
-    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    (parent,) = [run for run in runs if run.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    children = [run for run in runs if run.data.tags.get(Tag.PARENT) == parent.info.run_id]
     return result, client, parent, children, work
 
 
 def test_odd_class_names_lose_nothing_and_are_shown_as_they_are(odd_sweep, monkeypatch):
     result, client, parent, children, work = odd_sweep
     assert result.returncode == 0, result.stderr[-3000:]
-    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert parent.info.status == Status.FINISHED and len(children) == 2
     for child in children:
-        assert child.info.status == "FINISHED"
-        assert json.loads(child.data.tags["class_names"]) == sorted(ODD)
+        assert child.info.status == Status.FINISHED
+        assert json.loads(child.data.tags[Tag.CLASS_NAMES]) == sorted(ODD)
         assert {"test_recall_great _white_ shark", "test_recall_a_b", "test_recall_a_b_2"} <= set(child.data.metrics)
-        report = Path(client.download_artifacts(child.info.run_id, "reports/test_classification_report.txt",
+        report = Path(client.download_artifacts(child.info.run_id, Artifact.report("test", "txt"),
                                                 str(work))).read_text()
         assert all(name in report for name in ODD)
         rows = list(csv.DictReader(io.StringIO(Path(client.download_artifacts(
-            child.info.run_id, "predictions/test.csv", str(work))).read_text())))
+            child.info.run_id, Artifact.predictions("test"), str(work))).read_text())))
         assert {row["true"] for row in rows} == set(ODD) and {row["predicted"] for row in rows} <= set(ODD)
     import mlflow.pyfunc
 
@@ -87,18 +82,18 @@ def test_odd_class_names_lose_nothing_and_are_shown_as_they_are(odd_sweep, monke
     assert set(predicted) <= set(ODD)
 
 
-def test_a_setting_swept_makes_one_row_per_value_and_the_best_row_is_the_run_served(odd_sweep):
+def test_a_setting_swept_makes_one_row_per_value_and_the_best_row_is_the_run_served(odd_sweep, lines_with):
     result, client, parent, children, work = odd_sweep
     import pandas as pd
 
-    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary/comparison.csv", str(work)))
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, Artifact.summary(Artifact.COMPARISON_CSV), str(work)))
     assert sorted(table["data.image_size"]) == [32, 40] and len(table) == 2
-    best = max(children, key=lambda run: run.data.metrics["val_accuracy"])
-    assert parent.data.tags["best.run_id"] in {run.info.run_id for run in children}
-    served = next(run for run in children if run.info.run_id == parent.data.tags["best.run_id"])
-    assert served.data.metrics["val_accuracy"] == best.data.metrics["val_accuracy"]
-    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.data.metrics["val_accuracy"])
-    header = next(line for line in _lines_with(result, "layer") if "data.image_size" in line)
+    best = max(children, key=lambda run: run.data.metrics[Metric.accuracy("val")])
+    assert parent.data.tags[Tag.BEST_RUN_ID] in {run.info.run_id for run in children}
+    served = next(run for run in children if run.info.run_id == parent.data.tags[Tag.BEST_RUN_ID])
+    assert served.data.metrics[Metric.accuracy("val")] == best.data.metrics[Metric.accuracy("val")]
+    assert parent.data.metrics[Metric.BEST_VAL_ACCURACY] == pytest.approx(best.data.metrics[Metric.accuracy("val")])
+    header = next(line for line in lines_with(result, "layer") if "data.image_size" in line)
     assert "val" in header  # the closing table has a column for the setting that varied
 
 
@@ -108,36 +103,36 @@ def test_a_password_in_an_override_reaches_neither_the_store_nor_the_console(odd
     assert SECRET not in result.stdout + result.stderr
     for run in (parent, *children):
         assert SECRET not in _everything_logged(client, run, work / "downloaded")
-    assert "MLFLOW_TRACKING_PASSWORD=***" in parent.data.tags["mlflow.note.content"]
+    assert "MLFLOW_TRACKING_PASSWORD=***" in parent.data.tags[Tag.NOTE]
 
 
 def test_a_sweep_whose_jobs_all_fail_exits_non_zero_with_one_closing_line(isolated, cifar_dir, cli, tiny,
-                                                                          experiment_runs):
+                                                                          experiment_runs, lines_with):
     result = cli("-m", "layer=block4_pool,block5_pool", f"data.path={isolated / 'missing'}", *tiny, cwd=isolated)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     assert "Traceback" not in output and "iterrows" not in output and "UserWarning" not in output
-    assert len(_lines_with(result, "2 of 2 jobs failed")) == 1
+    assert len(lines_with(result, "2 of 2 jobs failed")) == 1
     runs = experiment_runs(MlflowClient())
-    (parent,) = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
-    assert parent.info.status == "FAILED" and not [r for r in runs if r.info.status == "RUNNING"]
-    assert sorted(r.info.status for r in runs if r.data.tags.get("tlsweep.kind") == "job") == ["FAILED", "FAILED"]
+    (parent,) = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    assert parent.info.status == Status.FAILED and not [r for r in runs if r.info.status == Status.RUNNING]
+    assert sorted(r.info.status for r in runs if r.data.tags.get(Tag.KIND) == Kind.JOB) == [Status.FAILED, Status.FAILED]
 
 
 def test_config_errors_in_any_job_stop_the_sweep_before_anything_runs(isolated, cifar_dir, cli, tiny,
-                                                                      experiment_runs):
+                                                                      experiment_runs, lines_with):
     result = cli("-m", "classifier.C=-1,0.1", "layer=block3_pol,block4_pool", f"data.path={cifar_dir}", *tiny,
                  cwd=isolated)
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output
     assert "job 1/" not in output and "serve the best" not in output  # nothing ran, nothing was summarised
-    (closing,) = _lines_with(result, "jobs failed their checks")
+    (closing,) = lines_with(result, "jobs failed their checks")
     assert "3 of 4 jobs failed their checks; nothing was run" in closing
-    (typo,) = _lines_with(result, "did you mean")  # one line for the two jobs it concerns
+    (typo,) = lines_with(result, "did you mean")  # one line for the two jobs it concerns
     assert "classifier.C=-1 layer=block3_pol; classifier.C=0.1 layer=block3_pol:" in typo
     assert "did you mean 'block3_pool'" in typo and "python -m tlsweep.layers model=vgg16" in typo
     assert len(typo) < 400  # never every layer
-    (negative,) = _lines_with(result, "received classifier.C=-1.0")
+    (negative,) = lines_with(result, "received classifier.C=-1.0")
     assert "classifier.C=-1 layer=block4_pool: classifier.C should be" in negative
     assert experiment_runs(MlflowClient()) == []
 
@@ -158,18 +153,11 @@ def test_a_mistyped_layer_gets_suggestions_and_a_wrong_input_size_opens_no_run(c
 
 
 def test_ctrl_c_is_one_line_leaves_nothing_running_and_resume_picks_up(isolated, cifar_writer, cli, tiny,
-                                                                      experiment_runs):
+                                                                      experiment_runs, cli_in_background):
     data = cifar_writer(isolated / "data", train_per_class_per_batch=24)  # a first job of a few seconds
     args = ["-m", "layer=block3_pool,block4_pool,block5_pool", f"data.path={data}", *tiny]
-    log_path = isolated / "interrupted.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tlsweep", *args], cwd=isolated, stdout=log,
-                                stderr=subprocess.STDOUT)
+    proc, log_path = cli_in_background(*args, cwd=isolated, until="extracting")  # the first job is at work
     try:
-        deadline = time.monotonic() + 300
-        while "extracting" not in log_path.read_text():  # the first job is at work
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     finally:
@@ -180,17 +168,17 @@ def test_ctrl_c_is_one_line_leaves_nothing_running_and_resume_picks_up(isolated,
     assert "Traceback" not in output and len([line for line in output.splitlines() if "interrupted" in line]) == 1
     client = MlflowClient()
     before = experiment_runs(client)
-    assert not [r for r in before if r.info.status == "RUNNING"]
-    (parent,) = [r for r in before if r.data.tags.get("tlsweep.kind") == "sweep"]
-    assert parent.info.status == "KILLED"
-    (child,) = [r for r in before if r.data.tags.get("tlsweep.kind") == "job"]
-    assert child.info.status == "KILLED" and child.data.tags["error"].startswith("KeyboardInterrupt")
+    assert not [r for r in before if r.info.status == Status.RUNNING]
+    (parent,) = [r for r in before if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    assert parent.info.status == Status.KILLED
+    (child,) = [r for r in before if r.data.tags.get(Tag.KIND) == Kind.JOB]
+    assert child.info.status == Status.KILLED and child.data.tags[Tag.ERROR].startswith("KeyboardInterrupt")
 
     result = cli(*args, "resume=true", cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
-    jobs = [r for r in experiment_runs(client) if r.data.tags.get("tlsweep.kind") == "job"
-            and r.info.status == "FINISHED"]
-    assert sorted(r.data.params["layer"] for r in jobs) == ["block3_pool", "block4_pool", "block5_pool"]
+    jobs = [r for r in experiment_runs(client) if r.data.tags.get(Tag.KIND) == Kind.JOB
+            and r.info.status == Status.FINISHED]
+    assert sorted(r.data.params[Param.LAYER] for r in jobs) == ["block3_pool", "block4_pool", "block5_pool"]
 
 
 # In-process: one job at a time, as a sweep's job runs it, without a process per job
@@ -217,7 +205,7 @@ def test_resume_reuses_a_run_only_for_the_same_data_and_weights(isolated, two_cl
     client = MlflowClient()
 
     def finished() -> int:
-        return len([r for r in experiment_runs(client) if r.info.status == "FINISHED"])
+        return len([r for r in experiment_runs(client) if r.info.status == Status.FINISHED])
 
     _resume(compose, tiny, *args)
     with caplog.at_level("INFO", logger="tlsweep"):
@@ -252,7 +240,7 @@ def test_a_few_shot_probe_under_C_auto_is_fitted_on_k_images_per_class(isolated,
     run(compose([*tiny, f"data.path={cifar_dir}", "data.train_per_class=3", "data.classes=[4,5,6]",
                  "classifier.C=auto", "layer=block5_pool"]))
     (logged,) = experiment_runs(MlflowClient())
-    assert logged.data.params["n_train"] == "9" and logged.data.params["n_fit"] == "9"
+    assert logged.data.params[Param.N_TRAIN] == "9" and logged.data.params[Param.N_FIT] == "9"
 
 
 @pytest.fixture
@@ -264,7 +252,7 @@ def sweep_in_process(isolated, cifar_dir, compose, tiny):
     from tlsweep.sweep.callback import MLflowSweepCallback
     from tlsweep.sweep.context import SweepContext
     from tlsweep.tracking import runs
-    from tlsweep.tracking.record import Kind
+    from tlsweep.tracking.names import Kind
 
     uri = f"sqlite:///{isolated / 'mlflow.db'}"
     store, experiment = runs.connect(uri, "tlsweep")
@@ -290,7 +278,7 @@ def test_a_child_whose_results_cannot_be_written_never_takes_the_sweep_down(swee
     write = Store.write
 
     def unavailable(self, run_id, payload, **kwargs):
-        if payload.params.get("layer") == "block5_pool":
+        if payload.params.get(Param.LAYER) == "block5_pool":
             raise MlflowException("503 Service Unavailable", error_code="TEMPORARILY_UNAVAILABLE")
         return write(self, run_id, payload, **kwargs)
 
@@ -302,10 +290,10 @@ def test_a_child_whose_results_cannot_be_written_never_takes_the_sweep_down(swee
         callback.on_multirun_end(config=None)
     assert exited.value.code == 1
     client = MlflowClient()
-    runs = {r.data.tags.get("layer", r.info.run_id): r for r in experiment_runs(client)}
-    assert runs["block5_pool"].info.status == "FAILED" and "503" in runs["block5_pool"].data.tags["error"]
-    assert client.get_run(parent).info.status == "FAILED"  # never left RUNNING
-    assert client.get_run(parent).data.tags["best.layer"] == "block4_pool"  # the summary covers what logged
+    runs = {r.data.tags.get(Tag.LAYER, r.info.run_id): r for r in experiment_runs(client)}
+    assert runs["block5_pool"].info.status == Status.FAILED and "503" in runs["block5_pool"].data.tags[Tag.ERROR]
+    assert client.get_run(parent).info.status == Status.FAILED  # never left RUNNING
+    assert client.get_run(parent).data.tags[Tag.BEST_LAYER] == "block4_pool"  # the summary covers what logged
     assert "1 of 2 jobs failed" in caplog.text
 
 
@@ -315,15 +303,15 @@ def test_the_parent_serves_only_a_run_its_own_jobs_logged(sweep_in_process, expe
     callback, job, parent = sweep_in_process
     job("block4_pool")
     client = MlflowClient()
-    (own,) = [r for r in experiment_runs(client) if r.data.tags.get("tlsweep.kind") == "job"]
+    (own,) = [r for r in experiment_runs(client) if r.data.tags.get(Tag.KIND) == Kind.JOB]
     # another writer of the experiment adds a run claiming to be a child of this sweep, with a better score
     forged = client.create_run(own.info.experiment_id, tags={**own.data.tags}).info.run_id
     client.log_batch(forged, params=[Param(k, v) for k, v in own.data.params.items()],
                      metrics=[Metric(k, 1.0 if k == "val_accuracy" else v, 0, 0) for k, v in own.data.metrics.items()],
-                     tags=[RunTag("mlflow.parentRunId", parent)])
-    client.set_terminated(forged, "FINISHED")
+                     tags=[RunTag(Tag.PARENT, parent)])
+    client.set_terminated(forged, Status.FINISHED)
     with caplog.at_level("WARNING"):
         callback.on_multirun_end(config=None)
     tags = client.get_run(parent).data.tags
-    assert tags["best.run_id"] == own.info.run_id and client.get_run(parent).info.status == "FINISHED"
+    assert tags[Tag.BEST_RUN_ID] == own.info.run_id and client.get_run(parent).info.status == Status.FINISHED
     assert forged in caplog.text and "did not log" in caplog.text

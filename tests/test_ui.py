@@ -20,6 +20,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from tlsweep.tracking.names import Kind, Tag
+
 pytestmark = [pytest.mark.server, pytest.mark.ui]
 
 LAYERS = ("block3_pool", "block4_pool", "block5_pool")
@@ -87,8 +89,8 @@ def test_ui_shows_the_sweep_its_nested_children_and_the_comparison_plot(isolated
     store = os.environ["MLFLOW_TRACKING_URI"]
     client = MlflowClient(store)
     runs = experiment_runs(client)
-    (parent,) = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    (parent,) = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    children = [r for r in runs if r.data.tags.get(Tag.PARENT) == parent.info.run_id]
     assert parent.info.run_name == PARENT_NAME and len(children) == 3
     (plot,) = [a.path for a in client.list_artifacts(parent.info.run_id, "summary")
                if Path(a.path).name.startswith("accuracy_vs_layer-") and a.path.endswith(".png")]

@@ -22,15 +22,16 @@ from tlsweep.config import default_tracking_uri
 from tlsweep.errors import ConfigError, TlsweepError
 from tlsweep.sweep import depth, summary
 from tlsweep.tracking import runs
+from tlsweep.tracking.names import Artifact, Kind, Metric, Tag
 from tlsweep.tracking.payload import Payload, write_files
-from tlsweep.tracking.record import Artifact, Kind, RunRecord, StoredRun, Tag
 from tlsweep.tracking.store import Store
+from tlsweep.tracking.stored import RunRecord, StoredRun
 
 log = logging.getLogger("tlsweep.compare")
 
 # one row per configuration (identity.configuration: settings, data and weights by content) and seed
 CONFIG_KEY = ["configuration", "seed", "model", "layer", "classes", "C"]
-MACHINE_VALUES = ["test_accuracy", "val_accuracy", "extraction_seconds", "fit_seconds"]
+MACHINE_VALUES = [Metric.accuracy("test"), Metric.accuracy("val"), Metric.EXTRACTION_SECONDS, Metric.FIT_SECONDS]
 
 
 def select_runs(
@@ -88,8 +89,8 @@ def comparison_files(table: pd.DataFrame, by_machine: pd.DataFrame, records=()) 
     """The sweep's own summary files, plus the per-machine view as CSV and markdown."""
     return {
         **summary.summary_files(table, records, depth.layer_similarity(records)),
-        "by_machine.csv": by_machine.to_csv(index=False),
-        "by_machine.md": by_machine.to_markdown(index=False, floatfmt=".4g") + "\n",
+        Artifact.BY_MACHINE_CSV: by_machine.to_csv(index=False),
+        Artifact.BY_MACHINE_MD: by_machine.to_markdown(index=False, floatfmt=".4g") + "\n",
     }
 
 
@@ -140,9 +141,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             write_files(args.out.resolve(), files)
             log.info("comparison of %d runs written to %s", len(table), args.out.resolve())
         else:
-            tags = {"compare.experiments": ",".join(experiments), "compare.runs": str(len(table)),
-                    "compare.machines": ",".join(sorted(map(str, table["machine"].dropna().unique())))}
-            tags.update({f"compare.{key}": str(value) for key, value in
+            tags = {Tag.COMPARE_EXPERIMENTS: ",".join(experiments), Tag.COMPARE_RUNS: str(len(table)),
+                    Tag.COMPARE_MACHINES: ",".join(sorted(map(str, table["machine"].dropna().unique())))}
+            tags.update({Tag.compare(key): str(value) for key, value in
                          (("parent", args.parent), ("machine", ",".join(args.machine)),
                           ("classes", ";".join(args.classes)), ("filter", args.filter)) if value})
             run_id = log_summary_run(store, experiment=experiments[0], files=files, tags=tags)

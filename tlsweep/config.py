@@ -46,7 +46,7 @@ def _default_C_grid() -> list[float]:
 class ClassifierConfig:
     # the probe's class (tlsweep.stages.probe.probes): each conf/classifier/NAME.yaml names its own
     _target_: str = "tlsweep.stages.probe.probes.LinearSVCProbe"
-    name: str = "linear_svc"  # linear_svc (liblinear), lbfgs_svc (same problem, float32, no copies), logreg, ridge
+    name: str = "linear_svc"  # the probe's name in the registry (tlsweep/stages/probe/probes.py)
     C: Any = 0.1  # a positive number, or auto: chosen on validation over C_grid, then refit on train+val
     C_grid: List[float] = field(default_factory=_default_C_grid)
     loss: str = "squared_hinge"

@@ -27,7 +27,8 @@ from tlsweep.stages.data import datasets
 from tlsweep.sweep import context
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
-from tlsweep.tracking.record import JobRecord, Tag, error_line
+from tlsweep.tracking.names import Tag
+from tlsweep.tracking.record import JobRecord, error_line
 from tlsweep.tracking.store import Store
 from tlsweep.train import train_and_evaluate
 from tlsweep.validate import check_stage_memory, stale_after_seconds, validate

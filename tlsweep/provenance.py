@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from tlsweep.config import PROJECT_ROOT
+from tlsweep.tracking.names import Tag
 
 PACKAGES = ("tensorflow", "keras", "scikit-learn", "mlflow", "numpy", "hydra-core", "jax", "torch")
 
@@ -97,21 +98,21 @@ def machine_tags(name: Optional[str]) -> dict[str, str]:
 
     host = socket.gethostname()
     tags = {
-        "machine": name or host,
-        "machine.host": host,
-        "machine.cpu": _cpu_name(),
-        "machine.cores": str(os.cpu_count()),
-        "machine.gpu": _gpu_names(),
-        "machine.platform": platform.platform(),
-        "machine.python": platform.python_version(),
-        "keras.backend": keras.backend.backend(),
+        Tag.MACHINE: name or host,
+        Tag.MACHINE_HOST: host,
+        Tag.MACHINE_CPU: _cpu_name(),
+        Tag.MACHINE_CORES: str(os.cpu_count()),
+        Tag.MACHINE_GPU: _gpu_names(),
+        Tag.MACHINE_PLATFORM: platform.platform(),
+        Tag.MACHINE_PYTHON: platform.python_version(),
+        Tag.KERAS_BACKEND: keras.backend.backend(),
     }
     for package in PACKAGES:
         try:
-            tags[f"version.{package}"] = metadata.version(package)
+            tags[Tag.version(package)] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
     commit = git_commit()
     if commit:
-        tags["git.commit"] = commit
+        tags[Tag.GIT_COMMIT] = commit
     return tags

@@ -31,14 +31,16 @@ from tlsweep import console, preflight, provenance
 from tlsweep.config import default_cache_dir, default_tracking_uri
 from tlsweep.errors import TlsweepError
 from tlsweep.redact import redact
+from tlsweep.stages.probe.pipeline import ProbePipeline
 from tlsweep.sweep import context, depth, plan, summary
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
 from tlsweep.tracking.heartbeat import Heartbeat, interval_for
-from tlsweep.stages.probe.pipeline import ProbePipeline
+from tlsweep.tracking.names import Artifact, Kind, Status, Tag
 from tlsweep.tracking.payload import Payload, PipelineModel
-from tlsweep.tracking.record import Artifact, Kind, RecordError, RunRecord, Tag, error_line
-from tlsweep.tracking.store import KILLED, Store
+from tlsweep.tracking.record import error_line
+from tlsweep.tracking.store import Store
+from tlsweep.tracking.stored import RecordError, RunRecord
 from tlsweep.validate import stale_after_seconds
 
 log = logging.getLogger(__name__)
@@ -179,7 +181,7 @@ class MLflowSweepCallback(Callback):
                 unreadable.append(str(err))
                 continue
             mine = self.planned is None or record.config_hash in self.planned
-            sealed = record.status != "FINISHED" or runs.is_own(record, parent_tags, key=sweep.seal_key)
+            sealed = record.status != Status.FINISHED or runs.is_own(record, parent_tags, key=sweep.seal_key)
             (records if mine and sealed else foreign).append(record)
         if foreign:
             log.warning("left out of the summary: %d run(s) under this parent that its jobs did not log: %s",
@@ -257,7 +259,7 @@ class MLflowSweepCallback(Callback):
                 self.heartbeat.stop()
             store = Store(self.context.tracking_uri)
             store.set_tag(self.context.parent_run_id, Tag.ERROR, "the sweep was interrupted before its end")
-            store.end(self.context.parent_run_id, KILLED)
+            store.end(self.context.parent_run_id, Status.KILLED)
             self.closed = True
         except Exception as err:  # the store is gone: the next command closes the parent (close_stale_runs)
             log.warning("the sweep's parent run %s could not be closed (%s)", self.context.parent_run_id,

@@ -33,7 +33,8 @@ import pandas as pd
 from tlsweep.stages.analysis import cka
 from tlsweep.stages.analysis.report import figure_png
 from tlsweep.stages.features.cache import FeatureCache
-from tlsweep.tracking.record import RunRecord
+from tlsweep.tracking.names import Artifact, Status
+from tlsweep.tracking.stored import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ def depth_profiles(rows: pd.DataFrame) -> dict[str, plt.Figure]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         figure.tight_layout()
-        name = f"depth_profile-{_slug(classes)}.png"
-        figures[name if name not in figures else f"depth_profile-{_slug(classes)}-{len(figures)}.png"] = figure
+        name = Artifact.figure(Artifact.DEPTH_PROFILE, _slug(classes))
+        figures[name if name not in figures else Artifact.figure(Artifact.DEPTH_PROFILE, f"{_slug(classes)}-{len(figures)}")] = figure
     return figures
 
 
@@ -92,7 +93,7 @@ def _task_cuts(records: Sequence[RunRecord]) -> dict[tuple, list[RunRecord]]:
     """(data fingerprint, data.classes) -> one finished record per (model, cut), by model, then depth."""
     found: dict[tuple, dict[tuple, RunRecord]] = {}
     for record in records:
-        if record.status == "FINISHED" and record.cache and record.layer_index is not None:
+        if record.status == Status.FINISHED and record.cache and record.layer_index is not None:
             task = (record.fingerprints.get("data.fingerprint", ""), record.data_classes)
             found.setdefault(task, {})[(record.model, record.layer)] = record
     return {task: sorted(cuts.values(), key=lambda r: (r.model, r.layer_index)) for task, cuts in found.items()}
@@ -152,7 +153,7 @@ def similarity_files(similarities: Sequence[Similarity]) -> dict[str, str | byte
     several tasks, `cka-<classes>.{csv,png}` for each."""
     files: dict[str, str | bytes] = {}
     for similarity in similarities:
-        name = "cka" if len(similarities) == 1 else f"cka-{_slug(similarity.classes)}"
+        name = Artifact.CKA if len(similarities) == 1 else f"{Artifact.CKA}-{_slug(similarity.classes)}"
         labels = list(similarity.labels)
         files[f"{name}.csv"] = pd.DataFrame(similarity.matrix, index=labels, columns=labels).to_csv(
             float_format="%.6f")

@@ -14,10 +14,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from tlsweep import identity
-from tlsweep.stages.analysis.report import figure_png
-from tlsweep.tracking.record import Param, RunRecord
+from tlsweep.tracking.names import SPLITS, Artifact, Metric, Param
+from tlsweep.tracking.stored import RunRecord
 
-SPLITS = ("train_accuracy", "val_accuracy", "test_accuracy")
+ACCURACIES = tuple(Metric.accuracy(split) for split in SPLITS)  # the comparison table's accuracy columns
 CONFIG = "_config"  # the comparison table's hidden column: each run's configuration, as (key, value) pairs
 # protocol settings a title names when they are not the schema's default
 PROTOCOL = {"classifier": Param.CLASSIFIER, "pooling": Param.POOLING, "normalize": Param.NORMALIZE,
@@ -86,13 +86,13 @@ def accuracy_vs_layer(done: pd.DataFrame, keys: Sequence[str] = ()) -> dict[str,
     """Train, val and test accuracy against the cut layer (the original study's Figures 13-15), per curve."""
     figures = {}
     for first, rows in _curves(done, Param.LAYER):
-        means = rows.groupby(["layer", "layer_index"], as_index=False, dropna=False)[list(SPLITS)].mean()
+        means = rows.groupby(["layer", "layer_index"], as_index=False, dropna=False)[list(ACCURACIES)].mean()
         means = means.sort_values("layer_index")
         fig, ax = plt.subplots(figsize=(6, 4))
-        for column, marker in zip(SPLITS, "osd"):
+        for column, marker in zip(ACCURACIES, "osd"):
             ax.plot(means["layer"], means[column], marker=marker, label=column.split("_")[0])
         _label(ax, "cut layer (input → output)", "accuracy", title(first, keys))
-        figures[_unique(f"accuracy_vs_layer-{_slug_of(first, keys)}.png", figures, first)] = fig
+        figures[_unique(Artifact.figure(Artifact.ACCURACY_VS_LAYER, _slug_of(first, keys)), figures, first)] = fig
     return figures
 
 
@@ -118,7 +118,7 @@ def class_recall_vs_layer(done: pd.DataFrame, records: Sequence[RunRecord], keys
         ax.set_xlabel("cut layer (input → output)")
         ax.set_title(f"test recall per class: {title(first, keys)}", fontsize=9)
         fig.tight_layout()
-        figures[_unique(f"class_recall_vs_layer-{_slug_of(first, keys)}.png", figures, first)] = fig
+        figures[_unique(Artifact.figure(Artifact.CLASS_RECALL_VS_LAYER, _slug_of(first, keys)), figures, first)] = fig
     return figures
 
 
@@ -131,9 +131,10 @@ def val_accuracy_vs_C(done: pd.DataFrame) -> dict[str, plt.Figure]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for layer, by_layer in rows.sort_values("layer_index").groupby("layer", sort=False):
-            points = by_layer.groupby("C_value")["val_accuracy"].mean()
+            points = by_layer.groupby("C_value")[Metric.accuracy("val")].mean()
             ax.plot(points.index, points.values, marker="o", label=layer)
         ax.set_xscale("log")
         _label(ax, "C", "val accuracy", f"{first['model']}, classes {first['classes']}")
-        figures[_unique(f"val_accuracy_vs_C-{slug(first['model'], first['classes'])}.png", figures, first)] = fig
+        name = Artifact.figure(Artifact.VAL_ACCURACY_VS_C, slug(first["model"], first["classes"]))
+        figures[_unique(name, figures, first)] = fig
     return figures

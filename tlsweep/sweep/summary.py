@@ -21,9 +21,11 @@ import pandas as pd
 from tlsweep import identity
 from tlsweep.stages.analysis.report import figure_png
 from tlsweep.sweep import depth, figures
-from tlsweep.tracking.record import COLUMNS, Param, RunRecord
+from tlsweep.tracking.names import SPLITS, Artifact, Metric, Param, Status
+from tlsweep.tracking.stored import COLUMNS, RunRecord
 
-SPLIT_COLUMNS = ("train_accuracy", "val_accuracy", "test_accuracy")
+# the comparison table's columns are the run record's fields, named as the metrics and params they hold
+TRAIN, VAL, TEST = SPLIT_COLUMNS = tuple(Metric.accuracy(split) for split in SPLITS)
 # config keys with a column of their own in every table (RunRecord's fields); any other key gets a column,
 # named by the key, when its value varies
 SHOWN = {Param.MODEL: "model", Param.LAYER: "layer", Param.CLASSES: "classes", Param.CLASSIFIER: "classifier",
@@ -35,7 +37,6 @@ CONFIG, TASK, CURVE = figures.CONFIG, "_task", "_curve"
 TASK_KEYS = (identity.DATA_FINGERPRINT, "data.name", identity.DATA_PATH, Param.CLASSES, "data.test_fraction",
              "data.skip_bad_images")
 TIES = "Ties go to the smaller C, then to the cheaper cut (fewer features, then nearer the input)."
-SELECTION, FAILED = "selection.md", "failed.csv"
 
 
 def comparison_table(records: Sequence[RunRecord]) -> pd.DataFrame:
@@ -52,7 +53,7 @@ def comparison_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=None if rows else list(COLUMNS))
     if table.empty:
         return table
-    done = table[table["status"] == "FINISHED"]
+    done = table[table["status"] == Status.FINISHED]
     extra = [key for key in table.columns if key not in COLUMNS and not key.startswith("_")]
     constant = [key for key in extra if done[key].astype(str).nunique(dropna=False) <= 1]
     table = table.drop(columns=constant)
@@ -72,7 +73,7 @@ def varied(table: pd.DataFrame) -> list[str]:
 def finished(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
-    return table[table["status"] == "FINISHED"].dropna(subset=list(SPLIT_COLUMNS))
+    return table[table["status"] == Status.FINISHED].dropna(subset=list(SPLIT_COLUMNS))
 
 
 def failed(table: pd.DataFrame) -> pd.DataFrame:
@@ -90,12 +91,11 @@ def configurations(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     grouped = done.groupby("configuration", sort=False)
     view = grouped.agg(layer_index=("layer_index", "min"), seeds=("seed", "nunique"),
-                       train_mean=("train_accuracy", "mean"), val_mean=("val_accuracy", "mean"),
-                       val_std=("val_accuracy", "std"), test_mean=("test_accuracy", "mean"),
-                       test_std=("test_accuracy", "std"), C_chosen=("selected_C", "median"))
+                       train_mean=(TRAIN, "mean"), val_mean=(VAL, "mean"), val_std=(VAL, "std"),
+                       test_mean=(TEST, "mean"), test_std=(TEST, "std"), C_chosen=(Param.SELECTED_C, "median"))
     shown = [column for column in done.columns
              if column not in view.columns and column not in SPLIT_COLUMNS and column != "configuration"]
-    first = done.loc[grouped["val_accuracy"].idxmax()].set_index("configuration")[shown]
+    first = done.loc[grouped[VAL].idxmax()].set_index("configuration")[shown]
     view = view.join(first).reset_index()
     view["features"] = pd.to_numeric(view["feature_dim"], errors="coerce")
     return view.fillna({"val_std": 0.0, "test_std": 0.0})
@@ -177,12 +177,12 @@ def parent_metrics(rows: pd.DataFrame, best: Optional[pd.Series]) -> dict[str, f
     """The answer as the parent run's own metrics, so the collapsed runs table and the charts show it."""
     if best is None:
         return {}
-    metrics = {"best_val_accuracy": float(best["val_mean"]), "best_test_accuracy": float(best["test_mean"])}
+    metrics = {Metric.BEST_VAL_ACCURACY: float(best["val_mean"]), Metric.BEST_TEST_ACCURACY: float(best["test_mean"])}
     several = rows[["model", TASK]].drop_duplicates().shape[0] > 1
     for _, row in rows.iterrows():
         name = _metric_name(f"{row['model']}/{row['classes']}/{row['layer']}" if several else row["layer"])
-        metrics[f"val_accuracy/{name}"] = float(row["val_mean"])
-        metrics[f"test_accuracy/{name}"] = float(row["test_mean"])
+        metrics[Metric.per_layer("val", name)] = float(row["val_mean"])
+        metrics[Metric.per_layer("test", name)] = float(row["test_mean"])
     return metrics
 
 
@@ -203,17 +203,17 @@ def summary_files(table: pd.DataFrame, records: Sequence[RunRecord] = (),
     if table.empty:
         return {}
     done, rest, keys = finished(table), failed(table), varied(table)
-    files: dict[str, str | bytes] = {FAILED: rest.to_csv(index=False)} if len(rest) else {}
+    files: dict[str, str | bytes] = {Artifact.FAILED: rest.to_csv(index=False)} if len(rest) else {}
     if done.empty:
-        return {**files, SELECTION: selection_markdown(pd.DataFrame(), None)}
+        return {**files, Artifact.SELECTION: selection_markdown(pd.DataFrame(), None)}
     rows, best = selection(done)
     figures_made = {**figures.accuracy_vs_layer(done, keys), **figures.val_accuracy_vs_C(done),
                     **figures.class_recall_vs_layer(done, records, keys), **depth.depth_profiles(rows)}
     return {
         **files,
-        "comparison.csv": public(done).to_csv(index=False),
-        "comparison.md": to_markdown(done, rest, keys),
-        SELECTION: selection_markdown(rows, best, keys),
+        Artifact.COMPARISON_CSV: public(done).to_csv(index=False),
+        Artifact.COMPARISON_MD: to_markdown(done, rest, keys),
+        Artifact.SELECTION: selection_markdown(rows, best, keys),
         **{name: figure_png(figure) for name, figure in figures_made.items()},
         **depth.similarity_files(similarities),
     }

@@ -15,7 +15,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Optional
 
-from tlsweep.tracking.record import Tag
+from tlsweep.tracking.names import Tag
 from tlsweep.tracking.store import Store
 
 log = logging.getLogger(__name__)

@@ -1,158 +1,29 @@
-"""The run record: every param, metric, tag and artifact a tlsweep run carries, named once.
+"""What a job writes: its result (`JobResult`), and the record (`JobRecord`) that becomes its run.
 
 The job builds a `JobRecord` (what was asked, and what came of it) and `JobRecord.payload` turns it into
-the params, metrics, tags and files a run stores. `RunRecord.parse` reads a stored run back into a typed
-record, which is all the sweep summary, compare and resume ever look at. A name changes here, on both
-sides at once. The config keys a record reads back are checked against the config schema on import, so
-renaming one fails at once instead of silently emptying a column of the comparison.
+the params, metrics, tags and files a run stores, under the names `tracking.names` declares. The other side,
+a stored run read back as a typed record, is `tracking.stored`.
 
 This module does not import mlflow: `tracking.store` moves payloads in and out of the store.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
 import traceback
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
-from tlsweep import identity
-from tlsweep.config import TlsweepConfig
 from tlsweep.redact import redact, redact_mapping
 from tlsweep.stages.analysis.report import SplitReport
+from tlsweep.tracking.names import Artifact, Kind, Metric, Param, Tag, class_keys
 from tlsweep.tracking.payload import DatasetRecord, Payload, PipelineModel, ProbeModel, csv_text
 
+if TYPE_CHECKING:  # the stages' result objects a record is built from
+    from tlsweep.stages.data.datasets import Dataset, Split
+    from tlsweep.stages.features.extraction import Features
+    from tlsweep.stages.probe.classify import FitResult, SearchResult
 
-class Tag:
-    """Tag keys. The kind tells sweep parents, job children and compare's summary runs apart."""
-
-    KIND = "tlsweep.kind"
-    PROCESS = "tlsweep.process"  # host:pid:start-time of the process that owns a RUNNING run
-    HEARTBEAT = "tlsweep.heartbeat"  # UTC time its process last said a RUNNING run is alive (tracking/heartbeat.py)
-    HEARTBEAT_INTERVAL = "tlsweep.heartbeat_interval"  # seconds between its beats, as its owner declared them
-    CONFIG_HASH = "tlsweep.config_hash"
-    RESUMED_PREFIX = "tlsweep.resumed."  # on a parent: tlsweep.resumed.<config hash> = the reused run's id
-    FAILED_PREFIX = "tlsweep.failed."  # on a parent: tlsweep.failed.<key> = a job that failed before its run opened
-    SEAL_PREFIX = "tlsweep.seal."  # on a parent: tlsweep.seal.<run id> = the proof that run is the sweep's own
-    PARENT = "mlflow.parentRunId"
-    RUN_NAME = "mlflow.runName"
-    ERROR = "error"
-    LAYER = "layer"
-    MODEL = "model"
-    CLASSES = "classes"  # class names, comma-separated, for people and `compare --classes`
-    CLASS_NAMES = "class_names"  # the class names as a JSON list: exact, whatever characters a name holds
-    DEMO = "demo"
-    MACHINE = "machine"
-    DATA_FINGERPRINT = "data.fingerprint"
-    WEIGHTS_FINGERPRINT = "weights.fingerprint"
-    SPLIT_DIGEST = "split.digest"  # the train, val (and few-shot) row indices, hashed
-    FEATURES_CACHE = "features.cache"  # the feature cache folder the job read: what the parent's CKA reads again
-    BEST_LAYER = "best.layer"  # on a parent: the layer whose best configuration has the best mean val accuracy
-    BEST_RUN_ID = "best.run_id"  # on a parent: that configuration's run with the best val accuracy
-    NOTE = "mlflow.note.content"  # the run page's description: on a parent, the command and its answer
-    SWEEP_OVERRIDES = "sweep.overrides"
-    SWEEP_DIR = "sweep.dir"
-
-
-class Kind:
-    SWEEP = "sweep"
-    JOB = "job"
-    SUMMARY = "summary"
-
-
-class Param:
-    """Params beyond the flattened config, and the config keys that records read back."""
-
-    FEATURE_DIM = "feature_dim"  # after pooling
-    N_TRAIN = "n_train"
-    N_VAL = "n_val"
-    N_TEST = "n_test"
-    N_FIT = "n_fit"  # rows of the final fit: train, or train+val after classifier.C=auto
-    SELECTED_C = "selected_C"  # the C the final fit used: classifier.C, or the one chosen on validation
-    MODEL = "model.name"
-    LAYER = "layer"
-    C = "classifier.C"
-    CLASSIFIER = "classifier.name"
-    SEED = "seed"
-    CLASSES = "data.classes"
-    POOLING = "features.pooling"
-    NORMALIZE = "features.normalize"
-    TRAIN_PER_CLASS = "data.train_per_class"
-    CONFIG_KEYS = (MODEL, LAYER, C, CLASSIFIER, SEED)  # every tlsweep job run has these
-    SHOWN_KEYS = (MODEL, LAYER, CLASSES, CLASSIFIER, C, POOLING, NORMALIZE, TRAIN_PER_CLASS, SEED)  # own columns
-
-
-class Metric:
-    """Metric keys; the per-split and per-class ones are built by the functions below."""
-
-    EXTRACTION_SECONDS = "extraction_seconds"
-    CNN_FORWARD_IMAGES = "cnn_forward_images"  # images the CNN ran on in this job: 0 on a warm cache
-    FIT_SECONDS = "fit_seconds"
-    N_ITER = "n_iter"
-    CONVERGED = "converged"
-    LAYER_INDEX = "layer_index"  # the cut's position in the backbone, input first
-    LAYER_DEPTH = "layer_depth"  # the cut's position over the last stage's: 0 at the input, 1 at the last stage
-    TOTAL_SECONDS = "total_seconds"
-
-    SEARCH_C = "search/C"  # one step per C tried by classifier.C=auto, ascending
-    SEARCH_VAL_ACCURACY = "search/val_accuracy"  # at the same steps
-
-    @staticmethod
-    def of(split: str, *name: str) -> str:
-        """`{split}_{name}`: test_accuracy, val_balanced_accuracy, train_top5_accuracy, test_macro_f1, test_recall_deer."""
-        return "_".join((split, *name))
-
-    @staticmethod
-    def accuracy(split: str) -> str:
-        return Metric.of(split, "accuracy")
-
-
-class Artifact:
-    CONFIG = "config.yaml"
-    ERROR = "error.txt"
-    FIT_WARNINGS = "fit_warnings.txt"
-    SEARCH_PLOT = "search/val_accuracy_vs_C.png"
-    SUMMARY_FOLDER = "summary"
-    SELECTION = "selection.md"  # under SUMMARY_FOLDER
-    SKIPPED_IMAGES = "data/skipped_images.csv"  # data.skip_bad_images=true: id, reason of each file left out
-    PROBE_MODEL = "probe"  # the job's fitted probe, scikit-learn flavour (an MLflow logged model)
-    PIPELINE_MODEL = "model"  # raw images -> class names, pyfunc: the parent's best, or a job's (log_pipeline)
-
-    @staticmethod
-    def predictions(split: str) -> str:
-        """predictions/{split}.csv: id, true, predicted (class names), one row per image."""
-        return f"predictions/{split}.csv"
-
-    @staticmethod
-    def report(split: str, suffix: str) -> str:
-        """reports/{split}_classification_report.txt (as scikit-learn prints it) or .json."""
-        return f"reports/{split}_classification_report.{suffix}"
-
-    @staticmethod
-    def confusion(split: str) -> str:
-        return f"confusion/{split}_confusion_matrix.png"
-
-
-SPLITS = ("train", "val", "test")
-_NOT_IN_KEYS = re.compile(r"[^\w.\- ]+")  # MLflow keys take letters, digits, `_ - . space` (and `/ :`, not on Windows)
-
-
-def class_keys(names: Sequence[str]) -> dict[str, str]:
-    """Each class name's form in metric keys (`test_recall_<key>`): what MLflow does not take becomes `_`,
-    and a name that would then repeat an earlier one's key gets `_2`, `_3`, ... The names themselves are
-    shown as they are everywhere a person reads them."""
-    keys: dict[str, str] = {}
-    for name in names:
-        key = _NOT_IN_KEYS.sub("_", str(name)).strip() or "_"
-        candidate, number = key, 1
-        while candidate in keys.values():
-            number += 1
-            candidate = f"{key}_{number}"
-        keys[name] = candidate
-    return keys
 
 _AVERAGES = {"macro avg": "macro", "weighted avg": "weighted"}
 _STATS = {"precision": "precision", "recall": "recall", "f1-score": "f1"}
@@ -191,6 +62,37 @@ class JobResult:
     pipeline: Optional[PipelineModel] = None  # tracking.log_pipeline=true
     layer_depth: Optional[float] = None  # None for a model config that names no stages
     cache_folder: str = ""
+
+    @classmethod
+    def of(cls, *, dataset: "Dataset", split: "Split", train: "Features", test: "Features", fit: "FitResult",
+           search: Optional["SearchResult"], reports: Sequence[SplitReport], selected_C: float,
+           search_png: Optional[bytes] = None, probe: Optional[ProbeModel] = None,
+           pipeline: Optional[PipelineModel] = None, layer_depth: Optional[float] = None,
+           total_seconds: float = 0.0) -> "JobResult":
+        """The record of a job, from the result objects its stages returned: the data set and its split, the
+        train and test features, the final fit (and the C search), the per-split reports."""
+        from tlsweep.stages.data.datasets import source_type
+
+        names = list(split.class_names)
+        counts = {"train": len(split.train), "val": len(split.val), "test": len(test.y)}
+        return cls(
+            splits=reports, class_names=names, feature_dim=train.dim, n_train=counts["train"], n_val=counts["val"],
+            n_test=counts["test"], layer_index=train.layer_index, data_fingerprint=dataset.fingerprint,
+            weights_fingerprint=train.weights_id, extraction_seconds=train.extraction_seconds + test.extraction_seconds,
+            cnn_forward_images=train.cnn_images + test.cnn_images,
+            fit_seconds=fit.fit_seconds + (search.search_seconds if search else 0.0), n_iter=fit.n_iter,
+            converged=fit.converged, fit_warnings=(search.best.warnings if search else []) + fit.warnings,
+            total_seconds=total_seconds, n_fit=fit.n_fit, selected_C=float(selected_C), split_digest=split.digest,
+            search_Cs=search.Cs if search else (), search_val_accuracy=search.val_accuracy if search else (),
+            search_png=search_png, labels=list(split.classes),
+            split_ids={"train": [train.ids[row] for row in split.train], "val": [train.ids[row] for row in split.val],
+                       "test": list(test.ids)},
+            skipped=tuple(dataset.skipped),
+            datasets=[DatasetRecord(name=f"{dataset.name} {name}", digest=dataset.fingerprint, source=dataset.source,
+                                    source_type=source_type(dataset.source), context=name,
+                                    profile={"images": count, "classes": names}) for name, count in counts.items()],
+            probe=probe, pipeline=pipeline, cache_folder=train.cache_folder, layer_depth=layer_depth,
+        )
 
     def predictions_csv(self, split: SplitReport) -> str:
         names = dict(zip(self.labels, self.class_names))
@@ -285,135 +187,3 @@ def error_line(error: BaseException) -> str:
     """The error as one line, secrets masked: what a run's `error` tag and the console say."""
     text = f"{type(error).__name__}: {error}".strip()
     return redact(text.splitlines()[0] if text else type(error).__name__)[:5000]
-
-
-@dataclass(frozen=True)
-class StoredRun:
-    """A run as the store returns it, before it is read as a record."""
-
-    run_id: str
-    status: str
-    start_time: int
-    params: Mapping[str, str]
-    metrics: Mapping[str, float]
-    tags: Mapping[str, str]
-
-
-class RecordError(ValueError):
-    """A stored job run lacks a name every tlsweep job run carries."""
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """A job run read back: the fields of the comparison table, in its column order."""
-
-    model: str
-    layer: str
-    layer_index: Optional[float]
-    layer_depth: Optional[float]
-    classes: str
-    classifier: str
-    C: str  # as asked: a number, or auto
-    selected_C: Optional[float]  # the C the final fit used
-    pooling: str
-    normalize: str
-    train_per_class: str  # None: every training image
-    seed: int
-    train_accuracy: Optional[float]
-    val_accuracy: Optional[float]
-    test_accuracy: Optional[float]
-    feature_dim: Optional[str]
-    converged: Optional[float]
-    extraction_seconds: Optional[float]
-    fit_seconds: Optional[float]
-    machine: Optional[str]
-    status: str
-    config_hash: Optional[str]
-    configuration: str  # identity.configuration_id: equal for repeats (runs that differ in their seed alone)
-    error: str
-    run_id: str
-    test_recall: Mapping[str, float] = field(default_factory=dict, metadata={"column": False})  # per class
-    cache: str = field(default="", metadata={"column": False})  # Tag.FEATURES_CACHE
-    data_classes: str = field(default="", metadata={"column": False})  # the data.classes param: "[4, 5, 6]"
-    # identity.configuration: the config keys that can change the result, data and weights by content
-    config: Mapping[str, str] = field(default_factory=dict, metadata={"column": False})
-    class_names: tuple = field(default=(), metadata={"column": False})
-    # the content fingerprints it ran on, as tagged: what resume compares with the data and weights of now
-    fingerprints: Mapping[str, str] = field(default_factory=dict, metadata={"column": False})
-
-    @classmethod
-    def parse(cls, run: StoredRun) -> "RunRecord":
-        """Read a job run. A FINISHED run that lacks a config key every job logs is an error, never an empty
-        cell; a run that failed before its params were written is read from its tags, as far as they go."""
-        missing = [key for key in Param.CONFIG_KEYS if key not in run.params]
-        if missing and run.status == "FINISHED":
-            raise RecordError(f"run {run.run_id} is not a tlsweep job run: it has no param {missing}")
-        defaults = {key: str(value) for key, value in identity.schema_defaults().items()}
-        metrics, tags = run.metrics, run.tags
-        params = {**defaults, Param.MODEL: tags.get(Tag.MODEL, "?"), Param.LAYER: tags.get(Tag.LAYER, "?"),
-                  **run.params}
-        C = params[Param.C]
-        selected = params.get(Param.SELECTED_C, None if C == "auto" or missing else C)
-        names = json.loads(tags[Tag.CLASS_NAMES]) if Tag.CLASS_NAMES in tags else None
-        recall = {key.removeprefix(_TEST_RECALL): value for key, value in metrics.items()
-                  if key.startswith(_TEST_RECALL)}
-        if names is not None:  # back from the metric keys to the names as they are
-            recall = {name: recall[key] for name, key in class_keys(names).items() if key in recall}
-        config = identity.configuration(run.params, tags)
-        return cls(
-            model=params[Param.MODEL],
-            layer=params[Param.LAYER],
-            layer_index=metrics.get(Metric.LAYER_INDEX),
-            layer_depth=metrics.get(Metric.LAYER_DEPTH),
-            classes=tags.get(Tag.CLASSES, params[Param.CLASSES]),
-            classifier=params[Param.CLASSIFIER],
-            C=C if C == "auto" or missing else f"{float(C):g}",
-            selected_C=None if selected is None else float(selected),
-            pooling=params[Param.POOLING],
-            normalize=params[Param.NORMALIZE],
-            train_per_class=params[Param.TRAIN_PER_CLASS],
-            seed=int(params[Param.SEED]),
-            train_accuracy=metrics.get(Metric.accuracy("train")),
-            val_accuracy=metrics.get(Metric.accuracy("val")),
-            test_accuracy=metrics.get(Metric.accuracy("test")),
-            feature_dim=run.params.get(Param.FEATURE_DIM),
-            converged=metrics.get(Metric.CONVERGED),
-            extraction_seconds=metrics.get(Metric.EXTRACTION_SECONDS),
-            fit_seconds=metrics.get(Metric.FIT_SECONDS),
-            machine=tags.get(Tag.MACHINE),
-            status=run.status,
-            config_hash=tags.get(Tag.CONFIG_HASH),
-            configuration=identity.configuration_id(config),
-            error=tags.get(Tag.ERROR, ""),
-            run_id=run.run_id,
-            test_recall=recall,
-            cache=tags.get(Tag.FEATURES_CACHE, ""),
-            data_classes=params[Param.CLASSES],
-            config=config,
-            class_names=tuple(names) if names is not None else tuple(tags.get(Tag.CLASSES, "").split(",")),
-            fingerprints={key: tags[key] for key in (Tag.DATA_FINGERPRINT, Tag.WEIGHTS_FINGERPRINT) if key in tags},
-        )
-
-
-_TEST_RECALL = Metric.of("test", "recall", "")
-COLUMNS = tuple(item.name for item in dataclasses.fields(RunRecord) if item.metadata.get("column", True))
-
-
-def config_keys_missing_from(schema: type) -> list[str]:
-    """The config keys records read back that the dataclass `schema` does not declare."""
-
-    def declared(key: str) -> bool:
-        node = schema
-        for part in key.split("."):
-            hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
-            if part not in hints:
-                return False
-            node = hints[part]
-        return True
-
-    return [key for key in dict.fromkeys((*Param.CONFIG_KEYS, *Param.SHOWN_KEYS)) if not declared(key)]
-
-
-_renamed = config_keys_missing_from(TlsweepConfig)
-if _renamed:  # a config key was renamed here or in the schema alone: its comparison column would empty
-    raise ImportError(f"tlsweep.tracking.record reads config keys {_renamed}, which the config schema lacks")

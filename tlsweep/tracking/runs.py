@@ -11,18 +11,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import tempfile
 import time
-from pathlib import Path
 from typing import Optional, Sequence
 
 
 from tlsweep import provenance
 from tlsweep.errors import ConfigError, LoggingError
 from tlsweep.tracking import heartbeat
+from tlsweep.tracking.names import Kind, Status, Tag
 from tlsweep.tracking.payload import Payload
-from tlsweep.tracking.record import Artifact, Kind, RunRecord, StoredRun, Tag, error_line
-from tlsweep.tracking.store import FAILED, FINISHED, KILLED, Store
+from tlsweep.tracking.record import error_line
+from tlsweep.tracking.store import Store
+from tlsweep.tracking.stored import RunRecord, StoredRun
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,12 @@ def log_job(store: Store, *, experiment_id: str, run_name: str, payload: Payload
         store.write(run_id, payload)
     except Exception as err:
         line = f"the run's results could not be written to {store.display_uri}: {error_line(err)}"
-        _closing(store, run_id, FAILED, error=line)
+        _closing(store, run_id, Status.FAILED, error=line)
         raise LoggingError(line) from None
     except BaseException:  # Ctrl-C while writing
-        _closing(store, run_id, KILLED)
+        _closing(store, run_id, Status.KILLED)
         raise
-    store.end(run_id, KILLED if interrupted else FAILED if failed else FINISHED)
+    store.end(run_id, Status.KILLED if interrupted else Status.FAILED if failed else Status.FINISHED)
     return run_id
 
 
@@ -89,7 +89,7 @@ def start_parent(store: Store, *, experiment_id: str, run_name: str, kind: str, 
 
 
 def end(store: Store, run_id: str, *, failed: bool) -> None:
-    store.end(run_id, FAILED if failed else FINISHED)
+    store.end(run_id, Status.FAILED if failed else Status.FINISHED)
 
 
 def outer_run(store: Store, run_id: str, *, experiment_id: str) -> str:
@@ -113,18 +113,18 @@ def close_stale_runs(store: Store, experiment_id: str, *, stale_after: Optional[
     then its last beat. A run without either mark (not tlsweep's, or from before heartbeats) is left alone.
     """
     closed = []
-    for run in store.search([experiment_id], "attributes.status = 'RUNNING'"):
+    for run in store.search([experiment_id], f"attributes.status = '{Status.RUNNING}'"):
         process, beat = run.tags.get(Tag.PROCESS), run.tags.get(Tag.HEARTBEAT)
         age = heartbeat.age_seconds(beat) if beat else None
         if process and provenance.process_on_this_host(process):
             if provenance.process_alive(process):
                 continue
-            store.end(run.run_id, KILLED)
+            store.end(run.run_id, Status.KILLED)
             store.set_tag(run.run_id, Tag.ERROR, f"process {process} ended without closing the run")
         elif stale_after is not None and age is not None and \
                 age > heartbeat.dead_after(stale_after, run.tags.get(Tag.HEARTBEAT_INTERVAL)):
             limit = heartbeat.dead_after(stale_after, run.tags.get(Tag.HEARTBEAT_INTERVAL))
-            store.end(run.run_id, KILLED, end_time=heartbeat.beat_time(beat))
+            store.end(run.run_id, Status.KILLED, end_time=heartbeat.beat_time(beat))
             store.set_tag(run.run_id, Tag.ERROR, f"no heartbeat for {age:.0f}s, more than {limit:g}s (tracking."
                                                  f"stale_after={stale_after:g}s, and {heartbeat.MISSED_BEATS} of "
                                                  f"its own beats): process {process or '?'} presumed dead")
@@ -140,7 +140,7 @@ def finished_job(store: Store, experiment_id: str, config_hash: str) -> Optional
     """The newest FINISHED job run with this config hash, if any (what `resume=true` reuses)."""
     found = store.search(
         [experiment_id],
-        f"tags.`{Tag.CONFIG_HASH}` = '{config_hash}' and attributes.status = '{FINISHED}' "
+        f"tags.`{Tag.CONFIG_HASH}` = '{config_hash}' and attributes.status = '{Status.FINISHED}' "
         f"and tags.`{Tag.KIND}` = '{Kind.JOB}'",
     )
     return RunRecord.parse(max(found, key=lambda run: run.start_time)) if found else None

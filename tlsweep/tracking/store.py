@@ -34,8 +34,9 @@ from tlsweep.errors import ConfigError
 from tlsweep.redact import redact, redact_mapping
 from tlsweep.stages.probe.pipeline import PipelineSpec
 from tlsweep.tracking import connection
-from tlsweep.tracking.payload import PipelineModel, ProbeModel, Payload, requirements, write_files
-from tlsweep.tracking.record import StoredRun
+from tlsweep.tracking.names import Status
+from tlsweep.tracking.payload import Payload, PipelineModel, ProbeModel, requirements, write_files
+from tlsweep.tracking.stored import StoredRun
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ SEARCH_LIMIT = 50000
 DATASET_ATTEMPTS = 3
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
+if (FINISHED, FAILED, KILLED) != (Status.FINISHED, Status.FAILED, Status.KILLED):  # names.Status spells them
+    raise ImportError(f"mlflow's run statuses {FINISHED, FAILED, KILLED} are not the ones tlsweep.tracking.names declares")
 
 
 class Store:

@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from tlsweep.errors import ConfigError, DataError, FetchError
-from tlsweep.stages.data import cifar10, folder
+from tlsweep.stages.data import cifar10, folder, images
 from tlsweep.stages.data.cifar10 import CLASSES as CIFAR10_CLASSES
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def load_dataset(*, name: str, path: Optional[str], image_size: Optional[int] = 
 
 def load_folder(path: str, *, image_size: Optional[int], test_fraction: float, skip_bad_images: bool) -> Dataset:
     """A folder of one subfolder per class (or train/ and test/ holding them), decoded and resized to image_size."""
-    found = folder.read(path, image_size=image_size, test_fraction=test_fraction, skip_bad_images=skip_bad_images)
+    found = images.read(path, image_size=image_size, test_fraction=test_fraction, skip_bad_images=skip_bad_images)
     return Dataset(
         name="folder", class_names=found.class_names,
         train=ImageSet("train", found.train.images, found.train.labels, found.train.ids),
@@ -141,6 +141,33 @@ def few_shot(rows: np.ndarray, labels: np.ndarray, *, per_class: int, seed: int)
     rng = np.random.default_rng(seed)
     chosen = [rng.choice(rows[labels[rows] == label], size=per_class, replace=False) for label in counts]
     return np.sort(np.concatenate(chosen))
+
+
+@dataclass(frozen=True)
+class Split:
+    """The data stage's answer for one configuration: the classes, and which of their training rows (positions in
+    class order, as `extract_features` returns them) train the probe and which validate it."""
+
+    classes: tuple[int, ...]
+    class_names: tuple[str, ...]
+    labels: np.ndarray  # of every training row of `classes`, class by class
+    train: np.ndarray
+    val: np.ndarray
+
+    @property
+    def digest(self) -> str:
+        return split_digest(self.train, self.val)
+
+
+def split_classes(dataset: Dataset, classes: Sequence[int], *, val_fraction: float, seed: int,
+                  train_per_class: Optional[int] = None) -> Split:
+    """Split `classes`' training images into train and val, on the labels alone (so a bad val_fraction or
+    train_per_class fails before the CNN runs); few-shot, `train_per_class` seeded rows of each class train."""
+    labels = subset_labels(dataset.train, classes)
+    train, val = split_train_val(labels, val_fraction=val_fraction, seed=seed)
+    if train_per_class is not None:
+        train = few_shot(train, labels, per_class=train_per_class, seed=seed)
+    return Split(tuple(classes), tuple(dataset.class_names[c] for c in classes), labels, train, val)
 
 
 def split_digest(*splits: np.ndarray) -> str:

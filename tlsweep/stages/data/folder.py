@@ -1,4 +1,4 @@
-"""A user's own images: DIR/<class>/..., or DIR/train/<class>/... and DIR/test/<class>/..., read with Pillow.
+"""A user's own images: DIR/<class>/..., or DIR/train/<class>/... and DIR/test/<class>/...: their layout, listed.
 
 Class names are the class folder names, sorted. Files whose extension is not an image's, hidden files and
 folders (`.DS_Store`, `._x.jpg`, `.git/`) and `__MACOSX/` are ignored; images may sit in nested folders
@@ -6,19 +6,14 @@ inside a class folder. Each image's id is its path relative to DIR (posix). With
 stratified test split of the file list is drawn with a fixed seed, so the test images never change with the
 run's `seed` (a skipped file leaves its split).
 
-Every image is decoded once, converted to RGB (grayscale, palette, RGBA, CMYK, 16-bit) and, when a size is
-given, resized to a square. A file that does not decode stops the read with one line naming it, unless
-skipping is asked for. The fingerprint covers each split's ids, labels and file bytes.
+Nothing here decodes an image (`images` does, once each): a listing and the image headers are enough to check
+a folder before any run is opened. The fingerprint covers each split's ids, labels and file bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
-import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
@@ -26,7 +21,6 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from tlsweep import console
 from tlsweep.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -88,7 +82,7 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted((entry for entry in folder.iterdir() if entry.is_dir() and _visible(entry)), key=lambda p: p.name)
 
 
-def _where(root: Path) -> str:
+def where(root: Path) -> str:
     return f"data.path={str(root)!r}"
 
 
@@ -110,21 +104,21 @@ def scan(path: str) -> Layout:
     root = Path(path).expanduser()
     if not root.is_dir():
         state = "which is not a folder" if root.exists() else "which does not exist"
-        raise DataError(f"data.path should be a folder with one subfolder per class; received {_where(root)}, {state}")
+        raise DataError(f"data.path should be a folder with one subfolder per class; received {where(root)}, {state}")
     root = root.resolve()
     top = _subfolders(root)
     names = [folder.name for folder in top]
     if "train" in names and "test" in names:
         extra = [name for name in names if name not in SPLITS]
         if extra:
-            raise DataError(f"{_where(root)} holds train/ and test/ and also {extra}; expected only train/ and "
+            raise DataError(f"{where(root)} holds train/ and test/ and also {extra}; expected only train/ and "
                             "test/ (each with one subfolder per class), or one subfolder per class")
         per_split = {split: {folder.name: folder for folder in _subfolders(root / split)} for split in SPLITS}
         train, test = set(per_split["train"]), set(per_split["test"])
         if train != test:
             missing = "; ".join(f"{split}/ lacks {sorted(other - own)}" for split, own, other in
                                 (("test", test, train), ("train", train, test)) if other - own)
-            raise DataError(f"{_where(root)}: train/ and test/ should hold the same class folders; {missing}")
+            raise DataError(f"{where(root)}: train/ and test/ should hold the same class folders; {missing}")
         class_names = tuple(sorted(train))
         folders = {split: [per_split[split][name] for name in class_names] for split in SPLITS}
     else:
@@ -133,13 +127,13 @@ def scan(path: str) -> Layout:
     if len(class_names) < 2:
         hint = " (a split layout needs both train/ and test/)" if set(class_names) & set(SPLITS) else ""
         found = f"one class folder, {class_names[0]!r}" if class_names else "no class folder"
-        raise DataError(f"{_where(root)} holds {found}{hint}; expected one subfolder per class, at least two")
+        raise DataError(f"{where(root)} holds {found}{hint}; expected one subfolder per class, at least two")
     files = {}
     for split, class_folders in folders.items():
         files[split] = tuple(_images_in(root, folder) for folder in class_folders)
         for folder, ids in zip(class_folders, files[split]):
             if not ids:
-                raise DataError(f"{_where(root)}: class folder {folder.relative_to(root).as_posix()!r} holds no "
+                raise DataError(f"{where(root)}: class folder {folder.relative_to(root).as_posix()!r} holds no "
                                 f"images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
     return Layout(root, class_names, files)
 
@@ -166,7 +160,7 @@ def _check_split_counts(root: Path, class_names: Sequence[str], counts: Sequence
     if np.floor(n * fraction + 1e-9) < 1 or n - np.ceil(n * fraction - 1e-9) < 1:
         bounds = f"[{1 / n:.3g}, {1 - 1 / n:.3g}]" if n >= 2 else "nowhere (two images are the least)"
         raise ConfigError(
-            f"data.test_fraction should lie in {bounds} for {_where(root)}: class {class_names[smallest]!r} has {n} "
+            f"data.test_fraction should lie in {bounds} for {where(root)}: class {class_names[smallest]!r} has {n} "
             f"image(s), and a value outside leaves it with no test or no train image (or add a test/ folder "
             f"next to train/); received data.test_fraction={fraction}"
         )
@@ -185,101 +179,33 @@ def common_size(layout: Layout) -> int:
             except Exception:  # noqa: BLE001 - an unreadable file is reported when the images are decoded
                 continue
             first = first or (image_id, size)
-            _check_same_size(layout.root, first, (image_id, size))
+            check_same_size(layout.root, first, (image_id, size))
     if first is None:
-        raise DataError(f"{_where(layout.root)}: none of its images can be read")
-    return _square_size(layout.root, first[1])
+        raise DataError(f"{where(layout.root)}: none of its images can be read")
+    return square_size(layout.root, first[1])
 
 
-def _check_same_size(root: Path, first: tuple, current: tuple) -> None:
+def check_same_size(root: Path, first: tuple, current: tuple) -> None:
     (first_id, (width, height)), (image_id, size) = first, current
     if size != (width, height):
         raise ConfigError(
-            f"data.image_size is required for {_where(root)}: its images differ in size ({first_id!r} is "
+            f"data.image_size is required for {where(root)}: its images differ in size ({first_id!r} is "
             f"{width}x{height}, {image_id!r} is {size[0]}x{size[1]}); set data.image_size=SIZE to resize each "
             "to SIZE x SIZE"
         )
 
 
-def _square_size(root: Path, size: tuple) -> int:
+def square_size(root: Path, size: tuple) -> int:
     """The side of the images' one size (width, height), once all are known to share it."""
     if size[0] != size[1]:
         raise ConfigError(
-            f"data.image_size is required for {_where(root)}: its images are {size[0]}x{size[1]}, not square; "
+            f"data.image_size is required for {where(root)}: its images are {size[0]}x{size[1]}, not square; "
             "set data.image_size=SIZE to resize each to SIZE x SIZE"
         )
     return size[0]
 
 
-def decode(raw: bytes, size: Optional[int]) -> np.ndarray:
-    """One image file's bytes as uint8 RGB (height, width, 3), resized to size x size when a size is given."""
-    from PIL import Image, ImageOps
-
-    with Image.open(io.BytesIO(raw)) as opened:
-        image = ImageOps.exif_transpose(opened)  # phones store the rotation in EXIF; this also decodes
-    if image.mode.startswith("I;16"):  # 16-bit grayscale: Pillow's convert would clip it to 255
-        image = Image.fromarray((np.asarray(image, dtype=np.float32) / 257.0).round().astype(np.uint8))
-    elif image.mode == "P" and "transparency" in image.info:  # Pillow asks for RGBA first
-        image = image.convert("RGBA")
-    return resize(image.convert("RGB"), size)  # grayscale, palette, RGBA (alpha dropped), CMYK
-
-
-def resize(image, size: Optional[int]) -> np.ndarray:
-    """An RGB image (Pillow's, or uint8 pixels) resized to size x size as every image of a folder is."""
-    from PIL import Image
-
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
-    if size is not None and image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def _load(path: Path, size: Optional[int]) -> tuple[Optional[np.ndarray], str, str]:
-    """(image or None, sha256 of the bytes, why it failed)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        return None, "", f"{type(err).__name__}: {err.strerror or err}"
-    digest = hashlib.sha256(raw).hexdigest()
-    try:
-        return decode(raw, size), digest, ""
-    except Exception as err:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
-        text = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err).splitlines()[0] if str(err) else "")
-        return None, digest, f"{type(err).__name__}: {text[:160]}".rstrip(": ")
-
-
-def read(path: str, *, image_size: Optional[int], test_fraction: float, skip_bad_images: bool) -> FolderImages:
-    """Decode every image of `path` into train and test parts; one line for a bad file or a bad layout."""
-    layout = scan(path)
-    check_test_fraction(layout, test_fraction)
-    splits = _split(layout, test_fraction)
-    # train first, then test, so each part is a view of the one decoded array, never a copy of it
-    entries = [(split, label, image_id) for split in SPLITS for label, ids in enumerate(splits[split])
-               for image_id in ids]
-    images, digests, skipped = _decode_all(layout.root, entries, image_size, skip_bad_images)
-    if skipped:
-        gone = {item.id for item in skipped}
-        entries = [entry for entry in entries if entry[2] not in gone]
-    labels = np.array([label for _, label, _ in entries], dtype=np.int64)
-    is_test = np.array([split == "test" for split, _, _ in entries])
-    for split, rows in (("train", ~is_test), ("test", is_test)):
-        empty = [layout.class_names[c] for c in
-                 np.flatnonzero(np.bincount(labels[rows], minlength=len(layout.class_names)) == 0)]
-        if empty:
-            raise DataError(f"{_where(layout.root)}: class(es) {empty} have no readable {split} image once "
-                            f"{len(skipped)} unreadable file(s) are skipped")
-    n_train = int((~is_test).sum())
-    digest = hashlib.sha256("folder\0".encode() + "\0".join(layout.class_names).encode())
-    for (split, label, image_id), file_digest in zip(entries, digests):
-        digest.update(f"\n{split}\0{image_id}\0{label}\0{file_digest}".encode())
-    ids = [image_id for _, _, image_id in entries]
-    return FolderImages(layout.class_names, Part(images[:n_train], labels[:n_train], tuple(ids[:n_train])),
-                        Part(images[n_train:], labels[n_train:], tuple(ids[n_train:])), digest.hexdigest()[:16],
-                        tuple(skipped))
-
-
-def _split(layout: Layout, test_fraction: float) -> dict:
+def split(layout: Layout, test_fraction: float) -> dict:
     """split -> one tuple of ids per class: the folders', or a stratified draw with a fixed seed."""
     if layout.has_test_folder:
         return layout.files
@@ -289,47 +215,3 @@ def _split(layout: Layout, test_fraction: float) -> dict:
                                    random_state=TEST_SPLIT_SEED)
     return {split: tuple(tuple(ids[np.sort(rows[labels[rows] == label])]) for label in range(len(layout.class_names)))
             for split, rows in (("train", train), ("test", test))}
-
-
-def _decode_all(root: Path, entries: list, size: Optional[int], skip_bad_images: bool):
-    """Decode every entry with a few threads (Pillow releases the GIL while decoding); stop at the first bad file.
-
-    Returns the images and file digests of the entries that decoded, in order, and the skipped ones.
-    """
-    n = len(entries)
-    images: Optional[np.ndarray] = None
-    digests, kept, skipped = [], [], []
-    first = None
-    progress = console.Progress(n, description="images", log=log)
-    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
-    try:
-        loaded = pool.map(lambda entry: _load(root / entry[2], size), entries)
-        for k, ((_, _, image_id), (image, digest, reason)) in enumerate(zip(entries, loaded)):
-            progress.update(1)
-            if image is None:
-                if not skip_bad_images:
-                    raise DataError(f"{_where(root)}: {image_id!r} is not a readable image ({reason}); remove it, "
-                                    "or set data.skip_bad_images=true to skip such files")
-                skipped.append(SkippedImage(image_id, reason))
-                continue
-            if size is None:
-                current = (image_id, (image.shape[1], image.shape[0]))
-                first = first or current
-                _check_same_size(root, first, current)
-            if images is None:
-                images = np.empty((n, *image.shape), dtype=np.uint8)
-            images[k] = image
-            digests.append(digest)
-            kept.append(k)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        progress.close()
-    if images is None:
-        raise DataError(f"{_where(root)}: none of its {n} images can be read")
-    if size is None:
-        _square_size(root, first[1])
-    if skipped:
-        log.warning("skipped %d unreadable image(s) under data.path=%s (data.skip_bad_images=true), e.g. %s",
-                    len(skipped), root, skipped[0].id)
-        images = images[kept]
-    return images, digests, skipped

@@ -20,12 +20,12 @@ import numpy as np
 
 from tlsweep.errors import DataError
 from tlsweep.stages.backbone import models
-from tlsweep.stages.data import folder
+from tlsweep.stages.data.images import resize
 from tlsweep.config import FeaturesConfig
 from tlsweep.stages.features import extraction, pooling
 
 SPEC, BACKBONE, PROBE = "spec.json", "backbone.keras", "probe.joblib"
-RESIZES = ("keras", "pillow")  # how training resized: per batch in extraction.forward, or on load in folder.decode
+RESIZES = ("keras", "pillow")  # how training resized: per batch in extraction.forward, or on load in images.decode
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class ProbePipeline:
         images = _check_images(images)
         spec = self.spec
         if spec.resize == "pillow":
-            images = np.stack([folder.resize(image, spec.input_size) for image in images]) if len(images) else \
+            images = np.stack([resize(image, spec.input_size) for image in images]) if len(images) else \
                 np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
         preprocess = models.preprocess_fn(spec.backbone)
         map_shape = tuple(int(d) for d in self.extractor.outputs[0].shape[1:])
