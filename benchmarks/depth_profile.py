@@ -38,7 +38,7 @@ from tlsweep.tracking.stored import RunRecord, StoredRun
 MODELS = ("vgg16", "resnet50")
 OVERRIDES = ["-m", f"model={','.join(MODELS)}", "layer=stages"]
 COMMAND = "python -m tlsweep " + " ".join(OVERRIDES) + " model.weights=null"
-CKA_LINE = re.compile(r"linear CKA of \d+ model\(s\)' cuts from the feature cache in ([\d.]+) s")
+CKA_LINE = re.compile(r"linear CKA between \d+ cuts from the feature cache in ([\d.]+) s")
 # the parent's figure -> the README's name for it, under --figures
 FIGURES = {"depth_profile-*.png": "depth-profile.png", "cka.png": "cka.png"}
 

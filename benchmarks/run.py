@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple
 from tabulate import tabulate
 
 from benchmarks.cifar_like import write_cifar_like
+from tlsweep.tracking.names import Kind, Metric, Param, Tag
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -85,11 +86,12 @@ def sweep_children(workdir: Path) -> list[dict]:
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tlsweep")
     runs = client.search_runs([experiment.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
-    parents = [r for r in runs if r.data.tags.get("tlsweep.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    return [{"layer": r.data.params["layer"], "C": float(r.data.params["classifier.C"]), "status": r.info.status,
-             **{k: r.data.metrics.get(k) for k in ("cnn_forward_images", "extraction_seconds", "fit_seconds",
-                                                   "total_seconds", "test_accuracy", "converged")}}
+    parents = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    children = [r for r in runs if r.data.tags.get(Tag.PARENT) == parents[0].info.run_id]
+    return [{"layer": r.data.params[Param.LAYER], "C": float(r.data.params[Param.C]), "status": r.info.status,
+             **{k: r.data.metrics.get(k) for k in (Metric.CNN_FORWARD_IMAGES, Metric.EXTRACTION_SECONDS,
+                                                   Metric.FIT_SECONDS, Metric.TOTAL_SECONDS, Metric.accuracy("test"),
+                                                   Metric.CONVERGED)}}
             for r in children]
 
 

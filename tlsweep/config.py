@@ -72,6 +72,11 @@ class TrackingConfig:
 
 
 @dataclass
+class CkaConfig:
+    debiased: bool = True  # linear CKA with the unbiased HSIC estimator; false: the plain (biased) estimate
+
+
+@dataclass
 class TlsweepConfig:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -83,6 +88,11 @@ class TlsweepConfig:
     cache_dir: Optional[str] = None  # null: $TLSWEEP_CACHE_DIR, else ~/.cache/tlsweep
     resume: bool = False  # skip configurations that already FINISHED in the experiment
     demo: bool = False  # tags runs as a demo (random weights, stand-in images)
+    # transferability scores each job logs from its features (tlsweep.scores.SCORES): [] for none
+    scores: List[str] = field(default_factory=lambda: ["logme", "knn"])
+    prescreen: Optional[int] = None  # layer=stages: score every stage, fit probes only for this many best
+    prescreen_score: str = "logme"  # the score that ranks the stages for prescreen
+    cka: CkaConfig = field(default_factory=CkaConfig)  # the sweep's layer similarity
 
 
 def _registry_names(registry: str) -> str:

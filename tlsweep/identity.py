@@ -28,8 +28,10 @@ from omegaconf import OmegaConf
 
 from tlsweep.config import TlsweepConfig
 
-# keys that change where results go or how fast they come, never what they are
-NON_SEMANTIC_KEYS = ("tracking", "cache_dir", "resume", "model.batch_size")
+# keys that change where results go or how fast they come, or what is measured beside them (scores, CKA),
+# never what they are
+NON_SEMANTIC_KEYS = ("tracking", "cache_dir", "resume", "model.batch_size", "scores", "prescreen",
+                     "prescreen_score", "cka")
 # keys that describe the backbone or the classifier, not the run: a run's cut is `layer`, whichever stages its
 # model lists; a classifier's class follows from its name
 DESCRIPTIVE_KEYS = ("model.stages", "model.default_layer", "classifier._target_")

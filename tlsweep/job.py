@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep import identity, preflight, provenance
+from tlsweep import identity, preflight, provenance, train
 from tlsweep.config import TlsweepConfig, default_tracking_uri
 from tlsweep.errors import ConfigError, TlsweepError
 from tlsweep.stages.backbone import models
@@ -28,9 +28,8 @@ from tlsweep.sweep import context
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
 from tlsweep.tracking.names import Tag
-from tlsweep.tracking.record import JobRecord, error_line
+from tlsweep.tracking.record import CutScores, JobRecord, error_line
 from tlsweep.tracking.store import Store
-from tlsweep.train import train_and_evaluate
 from tlsweep.validate import check_stage_memory, stale_after_seconds, validate
 
 log = logging.getLogger("tlsweep")
@@ -44,6 +43,7 @@ class JobSpec:
 
     config: TlsweepConfig
     record: JobRecord  # params, config YAML and the tags that find it again (its config hash)
+    prescored: Optional[CutScores] = None  # prescreen kept it: its scoring pass counts in its run
 
     @property
     def config_hash(self) -> str:
@@ -79,6 +79,9 @@ def job_specs(cfg: DictConfig) -> list[JobSpec]:
     cfg = _canonical(cfg)
     if cfg.layer != STAGES:
         config = validate(cfg)
+        if config.prescreen is not None:
+            raise ConfigError(f"prescreen={config.prescreen} ranks the stages of layer=stages, and this job cuts one "
+                              f"layer; received layer={cfg.layer!r}: set layer=stages, or prescreen=null")
         return [JobSpec(config, job_record(_resolved(cfg, config)))]
     stages = list(cfg.model.stages)
     if not stages:
@@ -154,10 +157,16 @@ def run(cfg: DictConfig, sweep: Optional[SweepContext] = None) -> float:
         preflight.fetch([first])
     target = where_to_log(first, sweep)
     ahead = tuple(spec.config.layer for spec in specs) if len(specs) > 1 else (sweep.sweep_layers if sweep else ())
+    dataset = None
+    if first.prescreen is not None:
+        dataset = datasets.load_dataset(name=first.data.name, path=first.data.path, image_size=first.data.image_size,
+                                        test_fraction=first.data.test_fraction,
+                                        skip_bad_images=first.data.skip_bad_images)
+        specs = prescreen(specs, target, extract_ahead=ahead, dataset=dataset)
     scores, errors = [], []
     for spec in specs:
         try:
-            scores.append(run_one(spec, target, extract_ahead=ahead))
+            scores.append(run_one(spec, target, extract_ahead=ahead, dataset=dataset))
         except TlsweepError as err:
             if len(specs) == 1:
                 raise
@@ -168,7 +177,37 @@ def run(cfg: DictConfig, sweep: Optional[SweepContext] = None) -> float:
     return max(scores)
 
 
-def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = ()) -> float:
+def prescreen(specs: Sequence[JobSpec], target: LogTarget, *, extract_ahead: Sequence[str],
+              dataset: datasets.Dataset) -> list[JobSpec]:
+    """prescreen=K: score every stage from the one CNN pass, and keep the K best by prescreen_score to fit. Each
+    stage left out is logged with its scores and the tag `tlsweep.prescreen: skipped by prescreen`, no probe."""
+    first = specs[0].config
+    names = list(dict.fromkeys([first.prescreen_score, *first.scores]))
+    scored = []
+    for spec in specs:
+        started = time.time()
+        cut = train.score_only(spec.config, names, sweep_layers=extract_ahead, dataset=dataset)
+        scored.append((cut.scores[first.prescreen_score].value, spec, cut, started))
+    ranked = sorted(range(len(scored)), key=lambda i: -scored[i][0])  # ties keep the stages' order
+    keep = set(ranked[:first.prescreen])
+    log.info("prescreen: fitting %d of %d stages of %s, the best by %s: %s", len(keep), len(specs),
+             first.model.name, first.prescreen_score, ", ".join(scored[i][1].config.layer for i in sorted(keep)))
+    kept = []
+    for index, (_, spec, cut, started) in enumerate(scored):
+        if index in keep:
+            kept.append(dataclasses.replace(spec, prescored=cut, record=dataclasses.replace(
+                spec.record, tags={**spec.record.tags, Tag.PRESCREEN: Tag.PRESCREEN_KEPT})))
+            continue
+        record = dataclasses.replace(spec.record, tags={**provenance.machine_tags(spec.config.tracking.machine),
+                                                        **spec.record.tags}, result=cut)
+        logged = runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(spec.config),
+                              payload=record.payload(), started=started, parent_run_id=target.parent_run_id)
+        target.seal(run_id=logged, config_hash=spec.config_hash, val_accuracy=None)
+    return kept
+
+
+def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = (),
+            dataset: Optional[datasets.Dataset] = None) -> float:
     """One configuration: reuse a finished run of it (resume=true, same content), or run it and log it once,
     with its result or the error that stopped it (KILLED for Ctrl-C)."""
     started = time.time()
@@ -178,10 +217,15 @@ def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = 
     record = dataclasses.replace(spec.record, tags={**provenance.machine_tags(config.tracking.machine),
                                                     **spec.record.tags})
     try:
-        dataset, reused = _reusable(spec, config, target) if config.resume else (None, None)
-        if reused is not None:
-            return reused
-        result = train_and_evaluate(config, sweep_layers=extract_ahead, dataset=dataset)
+        if config.resume:
+            dataset, reused = _reusable(spec, config, target, dataset)
+            if reused is not None:
+                return reused
+        result = train.train_and_evaluate(config, sweep_layers=extract_ahead, dataset=dataset)
+        if spec.prescored is not None:  # the CNN pass that scored it is this run's too
+            result = dataclasses.replace(
+                result, cnn_forward_images=result.cnn_forward_images + spec.prescored.cnn_forward_images,
+                extraction_seconds=result.extraction_seconds + spec.prescored.extraction_seconds)
     except BaseException as err:
         runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(config),
                      payload=dataclasses.replace(record, error=err).payload(), started=started,

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlsweep.config import TlsweepConfig
 from tlsweep.errors import ConfigError
+from tlsweep.scores import SCORES
 from tlsweep.stages.backbone import models
 from tlsweep.stages.data import datasets, folder
 from tlsweep.stages.features import pooling
@@ -40,6 +41,7 @@ def validate(cfg: DictConfig) -> TlsweepConfig:
         f"data.image_size=null, which keeps the {input_size}x{input_size} images of data={config.data.name}"))
     _features(config)
     _classifier(config)
+    _scores(config)
     stale_after_seconds(config.tracking.stale_after)
     return config
 
@@ -153,6 +155,19 @@ def _classifier(config: TlsweepConfig) -> None:
         raise ConfigError(f"classifier.tol should be a positive number; received classifier.tol={spec.tol!r}")
     if str(spec.dual).lower() not in probes.DUAL:
         raise ConfigError(f"classifier.dual should be one of {list(probes.DUAL)}; received classifier.dual={spec.dual!r}")
+
+
+def _scores(config: TlsweepConfig) -> None:
+    unknown = [name for name in config.scores if name not in SCORES]
+    if unknown:
+        raise ConfigError(f"scores should be a list of {list(SCORES)} ([] for none); received scores="
+                          f"{list(config.scores)} ({unknown} unknown)")
+    if config.prescreen_score not in SCORES:
+        raise ConfigError(f"prescreen_score should be one of {list(SCORES)}; received "
+                          f"prescreen_score={config.prescreen_score!r}")
+    if config.prescreen is not None and not _positive_int(config.prescreen):
+        raise ConfigError(f"prescreen should be null or an integer >= 1 (the stages to fit); received "
+                          f"prescreen={config.prescreen!r}")
 
 
 def probe_class(spec) -> type:

@@ -46,8 +46,10 @@ start from other work: the times are those two runs' and vary that much with the
 
 from __future__ import annotations
 
+import time
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -55,7 +57,7 @@ from tlsweep.scores.bhattacharyya import gbc
 from tlsweep.scores.evidence import logme
 from tlsweep.scores.neighbours import knn_accuracy
 
-__all__ = ["SCORES", "Score", "gbc", "knn_accuracy", "logme"]
+__all__ = ["SCORES", "Score", "Scored", "gbc", "knn_accuracy", "logme", "score_features"]
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,11 @@ class Score:
     metric: str
     function: Callable[..., float]
     uses_val: bool
+    fit_to: Callable[[int], dict] = lambda rows: {}  # options for `rows` train rows, where a default would not fit
 
     def __call__(self, train_X: np.ndarray, train_y: np.ndarray, val_X: np.ndarray, val_y: np.ndarray,
                  **options) -> float:
+        options = {**self.fit_to(len(train_y)), **options}
         if self.uses_val:
             return self.function(train_X, train_y, val_X, val_y, **options)
         return self.function(train_X, train_y, **options)
@@ -76,6 +80,40 @@ class Score:
 
 SCORES: dict[str, Score] = {
     "logme": Score("logme", logme, uses_val=False),
-    "knn": Score("knn_accuracy", knn_accuracy, uses_val=True),
+    # k=20 neighbours, or every train row when there are fewer (a few-shot probe)
+    "knn": Score("knn_accuracy", knn_accuracy, uses_val=True, fit_to=lambda rows: {"k": min(20, rows)}),
     "gbc": Score("gbc", gbc, uses_val=False),
 }
+
+
+MAX_ROWS = 10000  # train rows a job scores (a seeded subsample beyond): LogME's and GBC's cost grows as min(n, d)^3
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One score of a cut's features: its value, and what it cost."""
+
+    value: float
+    seconds: float
+
+
+def score_features(names: Sequence[str], train_X: np.ndarray, train_y: np.ndarray, val_X: np.ndarray,
+                   val_y: np.ndarray, *, max_rows: int = MAX_ROWS, seed: int = 0) -> dict[str, Scored]:
+    """Each score `names` picks (keys of SCORES), on at most `max_rows` seeded train rows, timed; what a job logs
+    as score/<metric> and score_seconds/<name>."""
+    unknown = [name for name in names if name not in SCORES]
+    if unknown:
+        raise ValueError(f"scores should name entries of {list(SCORES)}; received {list(names)} ({unknown} unknown)")
+    if len(train_y) > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(len(train_y), size=max_rows, replace=False))
+        train_X, train_y = train_X[rows], train_y[rows]
+    found = {}
+    for name in names:
+        start = time.perf_counter()
+        try:
+            value = SCORES[name](train_X, train_y, val_X, val_y)
+        except (ValueError, np.linalg.LinAlgError) as err:  # a score is a side result: the probe still runs
+            warnings.warn(f"score {name} not computed on these features: {err}", RuntimeWarning)
+            continue
+        found[name] = Scored(float(value), time.perf_counter() - start)
+    return found

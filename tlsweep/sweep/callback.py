@@ -97,6 +97,7 @@ class MLflowSweepCallback(Callback):
         self.command = ""
         self.n_jobs = 0
         self.planned: Optional[frozenset] = None  # the config hashes of the plan's runs (None: no plan)
+        self.cka_debiased = True  # cka.debiased
         self.closed = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -136,6 +137,7 @@ class MLflowSweepCallback(Callback):
         self.command = redact(shlex.join(["python", "-m", "tlsweep", *sys.argv[1:]]))
         self.n_jobs = len(jobs.jobs) if jobs else sweep_size(overrides)
         self.planned = jobs.config_hashes if jobs else None
+        self.cka_debiased = bool(config.cka.debiased)
         self.context = SweepContext(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
                                     sweep_layers=tuple(swept_values(overrides, "layer")),
                                     cache_dir=str(default_cache_dir(config.cache_dir)),
@@ -193,8 +195,8 @@ class MLflowSweepCallback(Callback):
         tags = {Tag.NOTE: f"`{self.command}`\n\n{answer}\n"}
         if best is not None:
             tags.update({Tag.BEST_LAYER: best["layer"], Tag.BEST_RUN_ID: best["run_id"]})
-        files = summary.summary_files(table, records, depth.layer_similarity(records))
-        store.write(sweep.parent_run_id, Payload(metrics=summary.parent_metrics(rows, best), tags=tags, files=files),
+        files = summary.summary_files(table, records, depth.layer_similarity(records, debiased=self.cka_debiased))
+        store.write(sweep.parent_run_id, Payload(metrics=summary.parent_metrics(table), tags=tags, files=files),
                     under=Artifact.SUMMARY_FOLDER)
         failed = summary.failed(table)
         lines = [f"{row.model} layer={row.layer} classes={row.classes} C={row.C}: {row.status} "

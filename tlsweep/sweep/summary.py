@@ -20,7 +20,7 @@ import pandas as pd
 
 from tlsweep import identity
 from tlsweep.stages.analysis.report import figure_png
-from tlsweep.sweep import depth, figures
+from tlsweep.sweep import depth, figures, scoring
 from tlsweep.tracking.names import SPLITS, Artifact, Metric, Param, Status
 from tlsweep.tracking.stored import COLUMNS, RunRecord
 
@@ -46,6 +46,8 @@ def comparison_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     for record in records:
         row = {name: getattr(record, name) for name in COLUMNS}
         row.update({key: value for key, value in record.config.items() if key not in SHOWN})
+        row.update({Metric.score(metric): value for metric, value in record.scores.items()})
+        row[scoring.PRESCREEN] = record.prescreen
         row[CONFIG] = tuple(sorted(record.config.items()))
         row[TASK] = figures.config_id(record.config, *(key for key in record.config if key not in TASK_KEYS))
         row[CURVE] = figures.config_id(record.config, Param.LAYER)
@@ -54,7 +56,7 @@ def comparison_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     if table.empty:
         return table
     done = table[table["status"] == Status.FINISHED]
-    extra = [key for key in table.columns if key not in COLUMNS and not key.startswith("_")]
+    extra = [key for key in table.columns if key not in COLUMNS and not key.startswith(("_", Metric.SCORE_PREFIX))]
     constant = [key for key in extra if done[key].astype(str).nunique(dropna=False) <= 1]
     table = table.drop(columns=constant)
     table = table.astype({"layer_index": "Int64", "converged": "Int64", "seed": "Int64"})  # counts, not floats
@@ -66,7 +68,7 @@ def varied(table: pd.DataFrame) -> list[str]:
     """The columns of settings that take more than one value among the finished runs, model first."""
     done = finished(table)
     keys = ["model", "classifier", "pooling", "normalize", "train_per_class",
-            *(key for key in table.columns if key not in COLUMNS and not key.startswith("_"))]
+            *(key for key in table.columns if key not in COLUMNS and not key.startswith(("_", Metric.SCORE_PREFIX)))]
     return [key for key in keys if done[key].astype(str).nunique(dropna=False) > 1]
 
 
@@ -80,7 +82,7 @@ def failed(table: pd.DataFrame) -> pd.DataFrame:
     """The runs that did not finish, with their error: listed apart, never compared."""
     if table.empty:
         return table
-    rest = table[~table.index.isin(finished(table).index)]
+    rest = table[~table.index.isin(finished(table).index) & ~table.index.isin(scoring.skipped(table).index)]
     return rest[["run_id", "status", "model", "layer", "classes", "C", "seed", "machine", "error"]]
 
 
@@ -92,7 +94,8 @@ def configurations(table: pd.DataFrame) -> pd.DataFrame:
     grouped = done.groupby("configuration", sort=False)
     view = grouped.agg(layer_index=("layer_index", "min"), seeds=("seed", "nunique"),
                        train_mean=(TRAIN, "mean"), val_mean=(VAL, "mean"), val_std=(VAL, "std"),
-                       test_mean=(TEST, "mean"), test_std=(TEST, "std"), C_chosen=(Param.SELECTED_C, "median"))
+                       test_mean=(TEST, "mean"), test_std=(TEST, "std"), C_chosen=(Param.SELECTED_C, "median"),
+                       **{column: (column, "mean") for column in scoring.score_columns(done)})
     shown = [column for column in done.columns
              if column not in view.columns and column not in SPLIT_COLUMNS and column != "configuration"]
     first = done.loc[grouped[VAL].idxmax()].set_index("configuration")[shown]
@@ -167,17 +170,22 @@ def terminal_table(table: pd.DataFrame) -> str:
         "layer": view["layer"], "classes": view["classes"],
         "C": [figures.C_text(C, chosen) for C, chosen in zip(view["C"], view["C_chosen"])],
         "train": view["train_mean"], "val": view["val_mean"], "test": view["test_mean"],
+        **{column.removeprefix(Metric.SCORE_PREFIX): view[column] for column in scoring.score_columns(view)},
         **({"seeds": view["seeds"]} if view["seeds"].max() > 1 else {}),
     })
     return (shown.to_markdown(index=False, floatfmt=".3f")
             + f"\n* best mean val accuracy (test accuracy is reported, never used to choose). {TIES}")
 
 
-def parent_metrics(rows: pd.DataFrame, best: Optional[pd.Series]) -> dict[str, float]:
-    """The answer as the parent run's own metrics, so the collapsed runs table and the charts show it."""
+def parent_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """The answer as the parent run's own metrics, so the collapsed runs table and the charts show it; how
+    well each score ranked the children, and what prescreen saved."""
+    done = finished(table)
+    rows, best = selection(done)
+    extra = {**scoring.rank_metrics(done), **scoring.prescreen_metrics(table, done)} if len(table) else {}
     if best is None:
-        return {}
-    metrics = {Metric.BEST_VAL_ACCURACY: float(best["val_mean"]), Metric.BEST_TEST_ACCURACY: float(best["test_mean"])}
+        return extra
+    metrics = {**extra, Metric.BEST_VAL_ACCURACY: float(best["val_mean"]), Metric.BEST_TEST_ACCURACY: float(best["test_mean"])}
     several = rows[["model", TASK]].drop_duplicates().shape[0] > 1
     for _, row in rows.iterrows():
         name = _metric_name(f"{row['model']}/{row['classes']}/{row['layer']}" if several else row["layer"])
@@ -209,8 +217,13 @@ def summary_files(table: pd.DataFrame, records: Sequence[RunRecord] = (),
     rows, best = selection(done)
     figures_made = {**figures.accuracy_vs_layer(done, keys), **figures.val_accuracy_vs_C(done),
                     **figures.class_recall_vs_layer(done, records, keys), **depth.depth_profiles(rows)}
+    scores_figure = scoring.scores_figure(done)
+    if scores_figure is not None:
+        figures_made[Artifact.SCORES_FIGURE] = scores_figure
+    scores_csv = scoring.scores_csv(table, keys)
     return {
         **files,
+        **({Artifact.SCORES_CSV: scores_csv} if scores_csv else {}),
         Artifact.COMPARISON_CSV: public(done).to_csv(index=False),
         Artifact.COMPARISON_MD: to_markdown(done, rest, keys),
         Artifact.SELECTION: selection_markdown(rows, best, keys),

@@ -58,6 +58,8 @@ class Tag:
     BEST_RUN_ID = "best.run_id"  # on a parent: that configuration's run with the best val accuracy
     SWEEP_OVERRIDES = "sweep.overrides"
     SWEEP_DIR = "sweep.dir"
+    PRESCREEN = "tlsweep.prescreen"  # on a job under prescreen=K: PRESCREEN_KEPT, or PRESCREEN_SKIPPED (no probe)
+    PRESCREEN_KEPT, PRESCREEN_SKIPPED = "kept", "skipped by prescreen"
     # where a run ran (provenance.machine_tags)
     MACHINE = "machine"  # tracking.machine, else the host name: what compare's by_machine columns are named by
     MACHINE_HOST, MACHINE_CPU, MACHINE_CORES = "machine.host", "machine.cpu", "machine.cores"
@@ -124,6 +126,25 @@ class Metric:
     # on a sweep's parent: the answer, so the collapsed runs table shows it
     BEST_VAL_ACCURACY = "best_val_accuracy"
     BEST_TEST_ACCURACY = "best_test_accuracy"
+    # transferability scores (tlsweep.scores): score/<metric> and score_seconds/<name> on a job; on a parent,
+    # how well each ranks the children, and what prescreen=K saved
+    SCORE_PREFIX, SCORE_SECONDS_PREFIX, RANK_PREFIX = "score/", "score_seconds/", "rank/"
+    PRESCREEN_SKIPPED_FITS = "prescreen/skipped_fits"
+    PRESCREEN_SAVED_SECONDS = "prescreen/saved_seconds"  # the skipped fits, at the mean cost of those it ran
+    RANK_KINDS = ("kendall_tau", "weighted_tau")
+
+    @staticmethod
+    def score(metric: str) -> str:
+        return f"{Metric.SCORE_PREFIX}{metric}"
+
+    @staticmethod
+    def score_seconds(name: str) -> str:
+        return f"{Metric.SCORE_SECONDS_PREFIX}{name}"
+
+    @staticmethod
+    def rank(name: str, kind: str) -> str:
+        """On a parent: `rank/<score>_kendall_tau`, `rank/<score>_weighted_tau` between the score and val accuracy."""
+        return f"{Metric.RANK_PREFIX}{name}_{kind}"
 
     @staticmethod
     def of(split: str, *name: str) -> str:
@@ -162,6 +183,7 @@ class Artifact:
     FAILED = "failed.csv"
     BY_MACHINE_CSV, BY_MACHINE_MD = "by_machine.csv", "by_machine.md"  # compare's
     CKA = "cka"  # cka.csv and cka.png; cka-<classes>.* with several tasks
+    SCORES_CSV, SCORES_FIGURE = "scores.csv", "scores.png"  # each child's scores beside its accuracies
     # the summary's figures: <kind>-<what sets the curve apart>.png
     ACCURACY_VS_LAYER, CLASS_RECALL_VS_LAYER = "accuracy_vs_layer", "class_recall_vs_layer"
     VAL_ACCURACY_VS_C, DEPTH_PROFILE = "val_accuracy_vs_C", "depth_profile"
@@ -205,7 +227,9 @@ def declared(kind: str, key: str, *, config_keys: Sequence[str] = ()) -> bool:
         if split is not None:
             rest = key[len(split) + 1:]
             return rest in Metric.SPLIT_NAMES or any(rest.startswith(f"{stat}_") for stat in Metric.CLASS_STATS)
-        return key in Metric.OWN or key in (Metric.BEST_VAL_ACCURACY, Metric.BEST_TEST_ACCURACY)
+        return key in Metric.OWN or key in (Metric.BEST_VAL_ACCURACY, Metric.BEST_TEST_ACCURACY,
+                                              Metric.PRESCREEN_SKIPPED_FITS, Metric.PRESCREEN_SAVED_SECONDS) or \
+            key.startswith((Metric.SCORE_PREFIX, Metric.SCORE_SECONDS_PREFIX, Metric.RANK_PREFIX))
     if kind == "tag":
         prefixes = (Tag.RESUMED_PREFIX, Tag.FAILED_PREFIX, Tag.SEAL_PREFIX, Tag.VERSION_PREFIX, Tag.COMPARE_PREFIX)
         return key in _constants(Tag) or key.startswith(prefixes)
@@ -217,6 +241,6 @@ def declared(kind: str, key: str, *, config_keys: Sequence[str] = ()) -> bool:
             return True
         name = key.removeprefix(f"{Artifact.SUMMARY_FOLDER}/")
         summary = {Artifact.COMPARISON_CSV, Artifact.COMPARISON_MD, Artifact.SELECTION, Artifact.FAILED,
-                   Artifact.BY_MACHINE_CSV, Artifact.BY_MACHINE_MD}
+                   Artifact.BY_MACHINE_CSV, Artifact.BY_MACHINE_MD, Artifact.SCORES_CSV, Artifact.SCORES_FIGURE}
         return name != key and (name in summary or name.startswith((Artifact.CKA, *Artifact.FIGURES)))
     raise ValueError(f"kind should be one of 'param', 'metric', 'tag' or 'artifact'; received kind={kind!r}")

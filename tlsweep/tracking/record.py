@@ -20,6 +20,7 @@ from tlsweep.tracking.names import Artifact, Kind, Metric, Param, Tag, class_key
 from tlsweep.tracking.payload import DatasetRecord, Payload, PipelineModel, ProbeModel, csv_text
 
 if TYPE_CHECKING:  # the stages' result objects a record is built from
+    from tlsweep.scores import Scored
     from tlsweep.stages.data.datasets import Dataset, Split
     from tlsweep.stages.features.extraction import Features
     from tlsweep.stages.probe.classify import FitResult, SearchResult
@@ -62,13 +63,14 @@ class JobResult:
     pipeline: Optional[PipelineModel] = None  # tracking.log_pipeline=true
     layer_depth: Optional[float] = None  # None for a model config that names no stages
     cache_folder: str = ""
+    scores: Mapping[str, "Scored"] = field(default_factory=dict)  # transferability scores, by name (config.scores)
 
     @classmethod
     def of(cls, *, dataset: "Dataset", split: "Split", train: "Features", test: "Features", fit: "FitResult",
            search: Optional["SearchResult"], reports: Sequence[SplitReport], selected_C: float,
            search_png: Optional[bytes] = None, probe: Optional[ProbeModel] = None,
            pipeline: Optional[PipelineModel] = None, layer_depth: Optional[float] = None,
-           total_seconds: float = 0.0) -> "JobResult":
+           total_seconds: float = 0.0, scores: Mapping[str, "Scored"] = {}) -> "JobResult":
         """The record of a job, from the result objects its stages returned: the data set and its split, the
         train and test features, the final fit (and the C search), the per-split reports."""
         from tlsweep.stages.data.datasets import source_type
@@ -92,6 +94,7 @@ class JobResult:
                                     source_type=source_type(dataset.source), context=name,
                                     profile={"images": count, "classes": names}) for name, count in counts.items()],
             probe=probe, pipeline=pipeline, cache_folder=train.cache_folder, layer_depth=layer_depth,
+            scores=dict(scores),
         )
 
     def predictions_csv(self, split: SplitReport) -> str:
@@ -121,14 +124,58 @@ class JobResult:
             Metric.FIT_SECONDS: self.fit_seconds,
             Metric.N_ITER: self.n_iter,
             Metric.CONVERGED: float(self.converged),
-            Metric.LAYER_INDEX: self.layer_index,
-            **({} if self.layer_depth is None else {Metric.LAYER_DEPTH: self.layer_depth}),
             Metric.TOTAL_SECONDS: self.total_seconds,
         })
-        return metrics
+        return {**metrics, **_cut_metrics(self)}
 
     def accuracy(self, split: str) -> float:
         return next(float(result.table["accuracy"]) for result in self.splits if result.split == split)
+
+
+@dataclass(frozen=True)
+class CutScores:
+    """A cut scored and not fitted (prescreen=K left it out): what its run logs, without a probe or test images."""
+
+    class_names: Sequence[str]
+    feature_dim: int
+    n_train: int
+    n_val: int
+    layer_index: int
+    data_fingerprint: str
+    weights_fingerprint: str
+    split_digest: str
+    extraction_seconds: float
+    cnn_forward_images: int
+    scores: Mapping[str, "Scored"]
+    layer_depth: Optional[float] = None
+    cache_folder: str = ""
+
+    @classmethod
+    def of(cls, *, dataset: "Dataset", split: "Split", train: "Features", scores: Mapping[str, "Scored"],
+           layer_depth: Optional[float]) -> "CutScores":
+        return cls(class_names=list(split.class_names), feature_dim=train.dim, n_train=len(split.train),
+                   n_val=len(split.val), layer_index=train.layer_index, data_fingerprint=dataset.fingerprint,
+                   weights_fingerprint=train.weights_id, split_digest=split.digest,
+                   extraction_seconds=train.extraction_seconds, cnn_forward_images=train.cnn_images,
+                   scores=dict(scores), layer_depth=layer_depth, cache_folder=train.cache_folder)
+
+
+def _cut_metrics(cut: Union[JobResult, CutScores]) -> dict[str, float]:
+    """What a fitted and a scored-only cut both log: where the cut is, and its scores with their cost."""
+    from tlsweep.scores import SCORES
+
+    metrics = {Metric.LAYER_INDEX: cut.layer_index,
+               **({} if cut.layer_depth is None else {Metric.LAYER_DEPTH: cut.layer_depth})}
+    for name, scored in cut.scores.items():
+        metrics[Metric.score(SCORES[name].metric)] = scored.value
+        metrics[Metric.score_seconds(name)] = scored.seconds
+    return metrics
+
+
+def _cut_tags(cut: Union[JobResult, CutScores]) -> dict[str, str]:
+    return {Tag.DATA_FINGERPRINT: cut.data_fingerprint, Tag.WEIGHTS_FINGERPRINT: cut.weights_fingerprint,
+            Tag.SPLIT_DIGEST: cut.split_digest, Tag.CLASS_NAMES: json.dumps(list(cut.class_names), ensure_ascii=False),
+            **({Tag.FEATURES_CACHE: cut.cache_folder} if cut.cache_folder else {})}
 
 
 @dataclass(frozen=True)
@@ -138,7 +185,7 @@ class JobRecord:
     params: Mapping[str, Any]  # the flattened, resolved config
     config_yaml: str
     tags: Mapping[str, str]  # provenance and what the run is (layer, model, classes, config hash)
-    result: Optional[JobResult] = None
+    result: Optional[Union[JobResult, CutScores]] = None
     error: Optional[BaseException] = None
 
     def payload(self) -> Payload:
@@ -148,12 +195,16 @@ class JobRecord:
         files: dict[str, Union[str, bytes]] = {Artifact.CONFIG: redact(self.config_yaml)}
         inputs: Sequence[DatasetRecord] = ()
         models: dict = {}
-        if self.result is not None:
+        if isinstance(self.result, CutScores):  # scored, not fitted: no probe, no accuracy
             result = self.result
-            tags.update({Tag.DATA_FINGERPRINT: result.data_fingerprint,
-                         Tag.WEIGHTS_FINGERPRINT: result.weights_fingerprint, Tag.SPLIT_DIGEST: result.split_digest,
-                         Tag.CLASS_NAMES: json.dumps(list(result.class_names), ensure_ascii=False),
-                         **({Tag.FEATURES_CACHE: result.cache_folder} if result.cache_folder else {})})
+            tags.update({**_cut_tags(result), Tag.PRESCREEN: Tag.PRESCREEN_SKIPPED})
+            params.update({Param.FEATURE_DIM: result.feature_dim, Param.N_TRAIN: result.n_train,
+                           Param.N_VAL: result.n_val})
+            metrics = {Metric.EXTRACTION_SECONDS: result.extraction_seconds,
+                       Metric.CNN_FORWARD_IMAGES: result.cnn_forward_images, **_cut_metrics(result)}
+        elif self.result is not None:
+            result = self.result
+            tags.update(_cut_tags(result))
             params.update({Param.FEATURE_DIM: result.feature_dim, Param.N_TRAIN: result.n_train,
                            Param.N_VAL: result.n_val, Param.N_TEST: result.n_test, Param.N_FIT: result.n_fit,
                            Param.SELECTED_C: result.selected_C})

@@ -143,7 +143,8 @@ def finished_job(store: Store, experiment_id: str, config_hash: str) -> Optional
         f"tags.`{Tag.CONFIG_HASH}` = '{config_hash}' and attributes.status = '{Status.FINISHED}' "
         f"and tags.`{Tag.KIND}` = '{Kind.JOB}'",
     )
-    return RunRecord.parse(max(found, key=lambda run: run.start_time)) if found else None
+    fitted = [run for run in found if run.tags.get(Tag.PRESCREEN) != Tag.PRESCREEN_SKIPPED]  # not a probe's result
+    return RunRecord.parse(max(fitted, key=lambda run: run.start_time)) if fitted else None
 
 
 def mark_resumed(store: Store, parent_run_id: str, *, config_hash: str, run_id: str) -> None:

@@ -68,6 +68,9 @@ class RunRecord:
     # identity.configuration: the config keys that can change the result, data and weights by content
     config: Mapping[str, str] = field(default_factory=dict, metadata={"column": False})
     class_names: tuple = field(default=(), metadata={"column": False})
+    # transferability scores by metric (score/<metric> without its prefix), and whether prescreen left it out
+    scores: Mapping[str, float] = field(default_factory=dict, metadata={"column": False})
+    prescreen: str = field(default="", metadata={"column": False})
     # the content fingerprints it ran on, as tagged: what resume compares with the data and weights of now
     fingerprints: Mapping[str, str] = field(default_factory=dict, metadata={"column": False})
 
@@ -122,6 +125,9 @@ class RunRecord:
             config=config,
             class_names=tuple(names) if names is not None else tuple(tags.get(Tag.CLASSES, "").split(",")),
             fingerprints={key: tags[key] for key in (Tag.DATA_FINGERPRINT, Tag.WEIGHTS_FINGERPRINT) if key in tags},
+            scores={key.removeprefix(Metric.SCORE_PREFIX): value for key, value in metrics.items()
+                    if key.startswith(Metric.SCORE_PREFIX)},
+            prescreen=tags.get(Tag.PRESCREEN, ""),
         )
 
 
