@@ -55,7 +55,7 @@ def main() -> int:
     overrides = [f"data.path={data}", "model.weights=null", "model.batch_size=16", "data.val_fraction=0.25",
                  f"layer={'stages' if 'stages' in sys.argv[1:] else 'block5_pool'}", f"tracking.uri=sqlite:///{work / 'mlflow.db'}", f"cache_dir={work / 'cache'}"]
     schema.register_configs()
-    conf = Path(schema.__file__).resolve().parent.parent / "conf"
+    conf = getattr(schema, "CONF_DIR", Path(schema.__file__).resolve().parent.parent / "conf")
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

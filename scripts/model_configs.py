@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
+CONF = Path(__file__).resolve().parent.parent / "tlsweep" / "conf" / "model"
 BATCH_SIZE = 256  # images per forward pass; lower it (model.batch_size=...) for large inputs
 
 

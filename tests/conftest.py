@@ -187,14 +187,14 @@ def extract():
 
 @pytest.fixture(scope="session")
 def compose():
-    """Compose tlsweep's config in-process, as `python -m tlsweep OVERRIDES` would (presets: config_dir)."""
+    """Compose tlsweep's config in-process, as `tlsweep OVERRIDES` would (presets: `preset=NAME`)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from tlsweep.config import register_configs
+    from tlsweep.config import CONF_DIR, register_configs
 
     register_configs()
 
-    def composed(overrides=(), *, name="config", config_dir=ROOT / "conf", hydra=False):
+    def composed(overrides=(), *, name="config", config_dir=CONF_DIR, hydra=False):
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra)
 

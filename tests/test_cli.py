@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from tlsweep import identity
@@ -139,7 +138,7 @@ def test_offline_sweep_names_everything_missing_once_and_points_to_the_demo(isol
     (line,) = [line for line in output.splitlines() if "could not download" in line]  # once, not once per job
     for text in ("CIFAR-10", "ImageNet weights for vgg16", "ImageNet weights for resnet50", "data.path=",
                  "model.weights=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                 "python -m tlsweep -cd sweeps -cn demo"):
+                 "tlsweep preset=demo"):
         assert text in line, text
     assert "Traceback" not in output and "job 1/4" not in output  # no job started
     assert experiment_runs(MlflowClient()) == []
@@ -155,10 +154,8 @@ def test_offline_imagenet_weights_failure_names_the_file_to_pass(isolated, cifar
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("preset", ["demo"])
-def test_demo_preset_runs_offline_and_is_tagged(isolated, project_root, cli, experiment_runs, preset):
-    result = cli("-cd", str(project_root / "sweeps"), "-cn", preset, "model.batch_size=64",
-                 "layer=block4_pool,block5_pool", cwd=isolated)
+def test_the_demo_preset_runs_offline_from_any_folder_without_m_and_is_tagged(isolated, cli, experiment_runs):
+    result = cli("preset=demo", "model.batch_size=64", "layer=block4_pool,block5_pool", cwd=isolated)
     assert result.returncode == 0, result.stderr[-3000:]
     children = [r for r in experiment_runs(MlflowClient()) if r.data.tags.get(Tag.PARENT)]
     assert len(children) == 2

@@ -41,8 +41,8 @@ def test_a_single_run_is_quiet_shows_progress_warns_once_and_says_where_it_logge
 def test_help_is_tlsweeps_own_page(isolated, cli):
     result = cli("--help", cwd=isolated)
     assert result.returncode == 0
-    for text in ("Examples:", "python -m tlsweep -m layer=block3_pool,block4_pool,block5_pool",
-                 "python -m tlsweep -cd sweeps -cn demo", "protocols", "classifier.C", "features.pooling"):
+    for text in ("Examples:", "tlsweep -m layer=block3_pool,block4_pool,block5_pool", "tlsweep preset=demo",
+                 "protocols", "classifier.C", "features.pooling", "data.image_size", "data=folder data.path="):
         assert text in result.stdout, text
     assert "_schema" not in result.stdout and "Traceback" not in result.stderr
 
@@ -55,4 +55,5 @@ def test_a_sweep_is_named_and_counted_as_hydras_basic_sweeper_expands_it():
     assert sweep_size(preset_then_command_line) == 2  # the command line's layer wins over the preset's
     assert sweep_name("vgg16", preset_then_command_line) == "vgg16 features.pooling=flatten,grid"
     assert sweep_name("vgg16", ["model=vgg16,resnet50", "layer=conv1"]) == "model=vgg16,resnet50"
+    assert sweep_name("vgg16", ["layer=a,b"], "folder:birds") == "vgg16 folder:birds layer=a,b"  # the data set too
     assert sweep_size(["model=vgg16,resnet50", "seed=0,1,2"]) == 6

@@ -158,7 +158,7 @@ def test_a_seed_sweep_names_the_best_layer_on_its_parent(isolated, cifar_dir, cl
     output = result.stdout + result.stderr
     assert "best mean val accuracy" in output and "mlflow ui --backend-store-uri sqlite:///" in output
     assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in output
-    assert parent.info.run_name == "vgg16 layer=block4_pool,block5_pool seed=0,1"
+    assert parent.info.run_name == "vgg16 cifar10 layer=block4_pool,block5_pool seed=0,1"
     assert {"best_val_accuracy", "val_accuracy/block4_pool", "test_accuracy/block5_pool"} <= set(parent.data.metrics)
     assert "python -m tlsweep -m layer=block4_pool,block5_pool seed=0,1" in parent.data.tags[Tag.NOTE]
     assert "job 1/4: layer=block4_pool seed=0" in output and "job 4/4: layer=block5_pool seed=1" in output

@@ -25,7 +25,7 @@ from tlsweep.tracking.names import Kind, Tag
 pytestmark = [pytest.mark.server, pytest.mark.ui]
 
 LAYERS = ("block3_pool", "block4_pool", "block5_pool")
-PARENT_NAME = f"vgg16 layer={','.join(LAYERS)}"  # a parent run is named after what its sweep varies
+PARENT_NAME = f"vgg16 cifar10 layer={','.join(LAYERS)}"  # named after its data and what its sweep varies
 WAIT_S = 60  # the React app renders after its API calls return; every wait is explicit
 # What the README tells a person to add under Columns; the UI keeps it per experiment in localStorage.
 COLUMNS = ["params.`layer`", "metrics.`train_accuracy`", "metrics.`val_accuracy`", "metrics.`test_accuracy`"]

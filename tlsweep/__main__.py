@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from tlsweep import console
-from tlsweep.config import register_configs
+from tlsweep.config import CONF_DIR, register_configs
 from tlsweep.errors import TlsweepError
 from tlsweep.job import run
 from tlsweep.sweep import context
@@ -31,7 +31,7 @@ register_configs()
 INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (128 + SIGINT)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")  # the package's, wherever it runs from
 def main(cfg: DictConfig) -> float:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     console.mask_secrets_in_logs()
@@ -57,10 +57,16 @@ def interrupted() -> None:
     sys.exit(INTERRUPTED)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `tlsweep` command (and `python -m tlsweep`)."""
+    console.one_line_warnings()
     try:
         if not {"--help", "-h", "--hydra-help"} & set(sys.argv):  # help needs no backend
             console.start_backend_quietly()
         main()
     except KeyboardInterrupt:
         interrupted()
+
+
+if __name__ == "__main__":
+    cli()

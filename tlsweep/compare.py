@@ -109,8 +109,17 @@ def log_summary_run(store: Store, *, experiment: str, files: dict, tags: dict[st
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tlsweep.compare",
-        description="Rebuild the comparison table and plots from runs already in MLflow, across sweeps and machines.",
+        prog="tlsweep-compare",
+        description="Rebuild the comparison table and plots from runs already in MLflow, across sweeps and machines. "
+                    "Without --out it logs them to a new summary run (tag tlsweep.kind=summary) in the first "
+                    "experiment named; with --out it writes them to that folder and logs nothing.",
+        epilog="examples:\n"
+               "  tlsweep-compare --out comparison                    # every job run of experiment tlsweep\n"
+               "  tlsweep-compare --parent <sweep run id> --out cmp   # one sweep, with the runs it resumed\n"
+               "  tlsweep-compare --machine laptop --machine cluster  # the same configurations on two machines\n"
+               "  tlsweep-compare --filter \"params.layer = 'block4_pool'\" --tracking-uri http://127.0.0.1:5000\n"
+               "(python -m tlsweep.compare takes the same options)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
     parser.add_argument("--experiment", action="append", help="experiment name, repeatable (default: tlsweep)")
@@ -154,5 +163,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `tlsweep-compare` command (and `python -m tlsweep.compare`)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

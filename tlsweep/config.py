@@ -11,7 +11,8 @@ import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the clone, where tlsweep runs from one (git.commit)
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # the Hydra config, inside the package: a wheel ships it
 
 
 @dataclass
@@ -105,10 +106,12 @@ def _registry_names(registry: str) -> str:
 
 
 def register_configs() -> None:
-    """Register the schemas (each group's yaml files extend theirs via `defaults`), and the resolver that
-    lists a registry on the help page."""
+    """Register the schemas (each group's yaml files extend theirs via `defaults`), the resolver that lists a
+    registry on the help page, and the one that places Hydra's folders under the cache folder."""
     if not OmegaConf.has_resolver("tlsweep.names"):
         OmegaConf.register_new_resolver("tlsweep.names", _registry_names)
+    if not OmegaConf.has_resolver("tlsweep.cache_home"):  # where Hydra's own folders go (conf/config.yaml)
+        OmegaConf.register_new_resolver("tlsweep.cache_home", lambda: default_cache_dir(None).as_posix())
     cs = ConfigStore.instance()
     cs.store(name="tlsweep_schema", node=TlsweepConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

@@ -12,12 +12,29 @@ import logging
 import os
 import re
 import sys
+import warnings
 import tempfile
 import time
 from contextlib import contextmanager
 from typing import Iterator
 
 from tlsweep.redact import redact
+
+# TensorFlow's C++ INFO lines (oneDNN notices, CUDA probing) bury tlsweep's own log; warnings and errors still
+# show. A user's own setting wins, and TF_CPP_MIN_LOG_LEVEL=0 also shows the start-up lines that
+# `quiet_native_startup` otherwise holds back. Every command imports this module before Keras.
+SHOW_NATIVE_LOGS = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# MLflow draws a progress bar for every artifact copy, several per logged model, and says at INFO what it
+# checks as it logs a model; a user's setting wins
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def one_line_warnings() -> None:
+    """Warnings as one short line each (`ConvergenceWarning: ...`), without the library's path and source line:
+    a run keeps their full text (`fit_warnings.txt`). For the commands only, not for tlsweep used as a library."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
 
 # absl's banner, its I/W lines, and the E lines of CUDA probing (cuda_platform.cc, cuda_executor.cc, ...)
 NATIVE_NOISE = re.compile(
@@ -52,6 +69,7 @@ def quiet_native_startup(enabled: bool = True) -> Iterator[None]:
 
 
 _started = False
+LINE_EVERY = 0.25  # a progress line each quarter of the work, where no terminal shows a bar
 
 
 def start_backend_quietly() -> None:
@@ -59,9 +77,7 @@ def start_backend_quietly() -> None:
     global _started
     if _started:
         return
-    import tlsweep
-
-    with quiet_native_startup(enabled=not tlsweep.SHOW_NATIVE_LOGS):
+    with quiet_native_startup(enabled=not SHOW_NATIVE_LOGS):
         import keras
 
         keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # one tiny op: the backend probes its devices now
@@ -90,12 +106,12 @@ def mask_secrets_in_logs() -> None:
 
 
 class Progress:
-    """Images done out of a total: a tqdm bar on a terminal; elsewhere (CI, SLURM logs) a line every 10%."""
+    """Images done out of a total: a tqdm bar on a terminal; elsewhere (CI, SLURM logs) a line every quarter."""
 
     def __init__(self, total: int, *, description: str, log):
         self.total, self.done, self.description, self.log = total, 0, description, log
         self.started = time.perf_counter()
-        self.next_line = 0.1
+        self.next_line = LINE_EVERY
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -113,7 +129,7 @@ class Progress:
             left = (self.total - self.done) / rate if rate > 0 else float("nan")
             self.log.info("%s: %d/%d images, %.0f img/s, %.0f s left", self.description, self.done, self.total,
                           rate, left)
-            self.next_line = self.done / self.total + 0.1
+            self.next_line = self.done / self.total + LINE_EVERY
 
     def close(self) -> None:
         if self.bar is not None:

@@ -200,7 +200,7 @@ def prescreen(specs: Sequence[JobSpec], target: LogTarget, *, extract_ahead: Seq
             continue
         record = dataclasses.replace(spec.record, tags={**provenance.machine_tags(spec.config.tracking.machine),
                                                         **spec.record.tags}, result=cut)
-        logged = runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(spec.config),
+        logged = runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(spec),
                               payload=record.payload(), started=started, parent_run_id=target.parent_run_id)
         target.seal(run_id=logged, config_hash=spec.config_hash, val_accuracy=None)
     return kept
@@ -227,12 +227,12 @@ def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = 
                 result, cnn_forward_images=result.cnn_forward_images + spec.prescored.cnn_forward_images,
                 extraction_seconds=result.extraction_seconds + spec.prescored.extraction_seconds)
     except BaseException as err:
-        runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(config),
+        runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(spec),
                      payload=dataclasses.replace(record, error=err).payload(), started=started,
                      parent_run_id=target.parent_run_id, run_id=target.run_id,
                      interrupted=isinstance(err, KeyboardInterrupt))
         raise
-    logged = runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(config),
+    logged = runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(spec),
                           payload=dataclasses.replace(record, result=result).payload(), started=started,
                           parent_run_id=target.parent_run_id, run_id=target.run_id)
     target.seal(run_id=logged, config_hash=spec.config_hash, val_accuracy=result.accuracy("val"))
@@ -273,10 +273,12 @@ def describe(config: TlsweepConfig) -> str:
     return f"layer={config.layer} classes={list(config.data.classes)} C={config.classifier.C}"
 
 
-def run_name(config: TlsweepConfig) -> str:
-    classes = ",".join(map(str, config.data.classes))
+def run_name(spec: JobSpec) -> str:
+    """`vgg16/block5_pool C=0.1 deer,dog,frog`: the cut, its C and its classes by name, as tables show them."""
+    config = spec.config
     C = config.classifier.C
-    return f"{config.model.name}/{config.layer} C={C if isinstance(C, str) else format(C, 'g')} classes={classes}"
+    return (f"{config.model.name}/{config.layer} C={C if isinstance(C, str) else format(C, 'g')} "
+            f"{spec.record.tags[Tag.CLASSES]}")[:250]
 
 
 def failure_line(cfg: DictConfig, err: BaseException) -> str:

@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 
 from tabulate import tabulate
 
-from tlsweep.config import PROJECT_ROOT, TlsweepConfig, register_configs
+from tlsweep.config import CONF_DIR, TlsweepConfig, register_configs
 from tlsweep.errors import TlsweepError
 from tlsweep.stages.features.pooling import POOLINGS
 from tlsweep.stages.probe import memory
@@ -45,7 +45,7 @@ def compose_config(overrides: Sequence[str]):
     from hydra import compose, initialize_config_dir
 
     register_configs()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
 
@@ -133,5 +133,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `tlsweep-layers` command (and `python -m tlsweep.layers`)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -18,7 +18,7 @@ from tlsweep.stages.data import datasets
 
 log = logging.getLogger(__name__)
 
-DEMO = "python -m tlsweep -cd sweeps -cn demo"
+DEMO = "tlsweep preset=demo"
 
 
 def fetch(configs: Sequence[TlsweepConfig]) -> None:

@@ -36,7 +36,7 @@ from tlsweep.sweep import context, depth, plan, summary
 from tlsweep.sweep.context import SweepContext
 from tlsweep.tracking import runs
 from tlsweep.tracking.heartbeat import Heartbeat, interval_for
-from tlsweep.tracking.names import Artifact, Kind, Status, Tag
+from tlsweep.tracking.names import Artifact, Kind, Metric, Status, Tag
 from tlsweep.tracking.payload import Payload, PipelineModel
 from tlsweep.tracking.record import error_line
 from tlsweep.tracking.store import Store
@@ -74,8 +74,8 @@ def sweep_size(overrides: list[str]) -> int:
     return math.prod(counts.values())
 
 
-def sweep_name(model: str, overrides: list[str]) -> str:
-    """A parent run named after what the sweep varies: `vgg16 layer=block3_pool,block4_pool,block5_pool`."""
+def sweep_name(model: str, overrides: list[str], data: str = "") -> str:
+    """A parent run named after its data and what the sweep varies: `vgg16 cifar10 layer=block3_pool,block4_pool`."""
     swept: dict[str, str] = {}
     for override in OverridesParser.create().parse_overrides(overrides):  # a later override of a key wins
         key = override.get_key_element()
@@ -84,7 +84,15 @@ def sweep_name(model: str, overrides: list[str]) -> str:
             swept[key] = f"{key}={','.join(map(str, override.sweep_string_iterator()))}"
     varied = list(swept.values())
     prefix = [] if any(item.startswith("model=") for item in varied) else [model]
+    prefix += [] if not data or any(item.startswith(("data=", "data.path=")) for item in varied) else [data]
     return " ".join(prefix + (varied or ["sweep"]))[:250]
+
+
+def data_label(config: DictConfig) -> str:
+    """The data set a parent's name shows: cifar10, digits, or a folder's own name (`folder:birds`)."""
+    if config.data.name == "folder" and config.data.path:
+        return f"folder:{Path(str(config.data.path)).expanduser().name}"
+    return str(config.data.name)
 
 
 class MLflowSweepCallback(Callback):
@@ -127,7 +135,8 @@ class MLflowSweepCallback(Callback):
                     Tag.SWEEP_DIR: str(Path(config.hydra.sweep.dir).resolve()),
                 }
                 parent = runs.start_parent(store, experiment_id=experiment_id,
-                                           run_name=sweep_name(config.model.name, overrides), kind=Kind.SWEEP,
+                                           run_name=sweep_name(config.model.name, overrides, data_label(config)),
+                                           kind=Kind.SWEEP,
                                            tags=tags, beat_interval=interval_for(stale_after))
         except TlsweepError as err:
             log.error("%s", redact(str(err)))
@@ -205,7 +214,7 @@ class MLflowSweepCallback(Callback):
         error = ""
         if best is not None:
             try:
-                served = self._log_best_pipeline(store, best["run_id"])
+                served = self._log_best_pipeline(store, next(r for r in records if r.run_id == best["run_id"]))
             except Exception as err:  # the comparison stands; the parent says what it lacks and fails
                 served = False
                 error = f"could not log the best configuration's pipeline (run {best['run_id']}): {error_line(err)}"
@@ -229,17 +238,21 @@ class MLflowSweepCallback(Callback):
                       sweep.parent_run_id)
         return len(lines) + bool(error)
 
-    def _log_best_pipeline(self, store: Store, best_run_id: str) -> bool:
+    def _log_best_pipeline(self, store: Store, best: RunRecord) -> bool:
         """Log, on the parent, the whole pipeline of its best configuration as model `model`, rebuilt from that
-        run's `probe` (the fitted probe and how its features were made) and the same backbone weights. False,
-        with a warning, for a run that logged no probe (one resumed from before tlsweep logged them)."""
-        if not store.has_model(best_run_id, Artifact.PROBE_MODEL):
-            log.warning("best run %s logged no probe model, so the sweep logs no pipeline model", best_run_id)
+        run's `probe` (the fitted probe and how its features were made) and the same backbone weights, with
+        that run's val and test accuracy and its datasets, so the model's page shows them. False, with a
+        warning, for a run that logged no probe (one resumed from before tlsweep logged them)."""
+        if not store.has_model(best.run_id, Artifact.PROBE_MODEL):
+            log.warning("best run %s logged no probe model, so the sweep logs no pipeline model", best.run_id)
             return False
-        probe, spec, examples = store.load_probe(best_run_id, Artifact.PROBE_MODEL)
+        probe, spec, examples = store.load_probe(best.run_id, Artifact.PROBE_MODEL)
         pipeline = ProbePipeline.build(spec=spec, probe=probe)
+        accuracies = {Metric.accuracy(split): value for split, value in (("val", best.val_accuracy),
+                                                                          ("test", best.test_accuracy))}
         store.write(self.context.parent_run_id,
-                    Payload(models={Artifact.PIPELINE_MODEL: PipelineModel(pipeline, examples)}))
+                    Payload(metrics=accuracies, inputs=store.datasets_of(best.run_id),
+                            models={Artifact.PIPELINE_MODEL: PipelineModel(pipeline, examples)}))
         return True
 
     def _close(self, store: Store, *, failed: bool, error: str = "") -> None:

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import mlflow.pyfunc
 import mlflow.sklearn
@@ -28,14 +28,14 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 
-import tlsweep
 
 from tlsweep.errors import ConfigError
 from tlsweep.redact import redact, redact_mapping
 from tlsweep.stages.probe.pipeline import PipelineSpec
 from tlsweep.tracking import connection
-from tlsweep.tracking.names import Status
-from tlsweep.tracking.payload import Payload, PipelineModel, ProbeModel, requirements, write_files
+from tlsweep.tracking.names import SPLITS, Status
+from tlsweep.tracking.names import Metric as MetricName
+from tlsweep.tracking.payload import DatasetRecord, Payload, PipelineModel, ProbeModel, requirements, write_files
 from tlsweep.tracking.stored import StoredRun
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 SEARCH_LIMIT = 50000
 DATASET_ATTEMPTS = 3
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+DATASET_CONTEXT = "mlflow.data.context"  # MLflow's input tag: train, val or test
 FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
 if (FINISHED, FAILED, KILLED) != (Status.FINISHED, Status.FAILED, Status.KILLED):  # names.Status spells them
     raise ImportError(f"mlflow's run statuses {FINISHED, FAILED, KILLED} are not the ones tlsweep.tracking.names declares")
@@ -117,9 +118,19 @@ class Store:
 
     def write(self, run_id: str, payload: Payload, *, under: Optional[str] = None) -> None:
         """Store params, metrics and tags in one batch, the files as artifacts (below `under`), then the
-        datasets as the run's inputs and the models as logged models linked to it."""
+        datasets as the run's inputs and the models as logged models linked to it.
+
+        A run's models are registered first, so its split accuracies are logged linked to its first model
+        and to that split's dataset: the model's page shows its metrics and the datasets they were measured on.
+        """
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, 0) for key, value in payload.metrics.items()]
+        models = {}
+        with self._refusals(run_id=run_id):
+            for name in payload.models:
+                models[name] = self.client.create_logged_model(self.experiment_of(run_id), name=name,
+                                                               source_run_id=run_id).model_id
+        linked = _linked_metrics(next(iter(models.values()), None), payload.inputs)
+        metrics = [Metric(key, float(value), now, 0, **linked.get(key, {})) for key, value in payload.metrics.items()]
         metrics += [Metric(key, float(value), now, step) for key, values in payload.series.items()
                     for step, value in enumerate(values)]
         if payload.params or metrics or payload.tags:
@@ -137,25 +148,32 @@ class Store:
         if payload.inputs:
             self.log_datasets(run_id, payload.inputs)
         for name, model in payload.models.items():
-            self.log_model(run_id, name=name, save=lambda target, model=model: save_model(target, model))
+            self._upload_model(run_id, models[name], name, model)
 
-    def log_model(self, run_id: str, *, name: str, save: Callable[[Path], None]) -> str:
-        """An MLflow model `name` made by `save(folder)`, linked to its run (runs:/<run id>/<name>); its id.
-
-        The model is READY once uploaded, FAILED if saving or uploading fails (and the error goes on).
-        """
-        with self._refusals(run_id=run_id):
-            model = self.client.create_logged_model(self.experiment_of(run_id), name=name, source_run_id=run_id)
+    def _upload_model(self, run_id: str, model_id: str, name: str, model: ProbeModel | PipelineModel) -> None:
+        """Save a registered model's files and upload them (runs:/<run id>/<name>): READY once uploaded, FAILED
+        if saving or uploading fails (and the error goes on)."""
         try:
             with tempfile.TemporaryDirectory(prefix="tlsweep-model-") as folder:
-                save(Path(folder) / name)
-                self.client.log_model_artifacts(model.model_id, str(Path(folder) / name))
-            self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+                save_model(Path(folder) / name, model)
+                self.client.log_model_artifacts(model_id, str(Path(folder) / name))
+            self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
         except BaseException:
-            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
             raise
-        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-        return model.model_id
+        self.client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+
+    def datasets_of(self, run_id: str) -> list[DatasetRecord]:
+        """The datasets a run logged as its inputs, as `payload.DatasetRecord`s."""
+        found = []
+        for item in self.client.get_run(run_id).inputs.dataset_inputs:
+            context = next((tag.value for tag in item.tags if tag.key == DATASET_CONTEXT), "")
+            dataset = item.dataset
+            found.append(DatasetRecord(name=dataset.name, digest=dataset.digest,
+                                       source=json.loads(dataset.source).get("uri", dataset.source),
+                                       source_type=dataset.source_type, context=context,
+                                       profile=json.loads(dataset.profile or "{}"), schema=dataset.schema))
+        return found
 
     def has_model(self, run_id: str, name: str) -> bool:
         """Whether run `run_id` logged a model called `name`."""
@@ -178,7 +196,7 @@ class Store:
         inputs = [DatasetInput(Dataset(name=item.name, digest=item.digest, source_type=item.source_type,
                                        source=json.dumps({"uri": item.source}), schema=item.schema,
                                        profile=json.dumps(item.profile)),
-                               tags=[InputTag("mlflow.data.context", item.context)]) for item in datasets]
+                               tags=[InputTag(DATASET_CONTEXT, item.context)]) for item in datasets]
         for attempt in range(DATASET_ATTEMPTS):
             try:
                 with self._refusals(run_id=run_id):
@@ -231,6 +249,15 @@ class Store:
             return experiment_id
 
 
+def _linked_metrics(model_id: Optional[str], inputs) -> dict[str, dict]:
+    """{accuracy metric of a split: the model and that split's dataset it is linked to}."""
+    if model_id is None:
+        return {}
+    return {MetricName.accuracy(item.context): {"model_id": model_id, "dataset_name": item.name,
+                                                "dataset_digest": item.digest[:36]}
+            for item in inputs if item.context in SPLITS}
+
+
 def _stored(run) -> StoredRun:
     return StoredRun(run_id=run.info.run_id, status=run.info.status, start_time=run.info.start_time,
                      params=dict(run.data.params), metrics=dict(run.data.metrics), tags=dict(run.data.tags))
@@ -241,6 +268,7 @@ def _reason(err: BaseException) -> str:
 
 
 SPEC_FILE, EXAMPLE_FILE = "pipeline.json", "example_images.npy"  # beside a probe's MLmodel
+PACKAGE = Path(__file__).resolve().parents[1]  # tlsweep's code, which a logged model carries (code_paths)
 
 
 def save_model(target: Path, model: ProbeModel | PipelineModel) -> None:
@@ -257,7 +285,7 @@ def save_model(target: Path, model: ProbeModel | PipelineModel) -> None:
             ours = type(model.estimator[-1]).__module__.startswith("tlsweep")  # LbfgsSVC is tlsweep's
             mlflow.sklearn.save_model(model.estimator, str(target), signature=signature, input_example=rows,
                                       pip_requirements=requirements(*model.requirements),
-                                      code_paths=[str(Path(tlsweep.__file__).parent)] if ours else None,
+                                      code_paths=[str(PACKAGE)] if ours else None,
                                       extra_files=[str(path) for path in extra])
             return
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
@@ -265,5 +293,5 @@ def save_model(target: Path, model: ProbeModel | PipelineModel) -> None:
         saved = model.pipeline.save(Path(folder) / "pipeline")
         mlflow.pyfunc.save_model(str(target), python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                                  artifacts={"pipeline": str(saved)}, signature=signature,
-                                 input_example=model.example_images, code_paths=[str(Path(tlsweep.__file__).parent)],
+                                 input_example=model.example_images, code_paths=[str(PACKAGE)],
                                  pip_requirements=requirements(*model.requirements))

@@ -57,13 +57,48 @@ class Dataset:
         return {"train": self.train, "test": self.test}[name]
 
 
+_LOADED: dict[tuple, Dataset] = {}  # the last data set this process loaded, by what it was loaded from
+_REMEMBERED = 1
+
+
 def load_dataset(*, name: str, path: Optional[str], image_size: Optional[int] = None, test_fraction: float = 0.2,
                  skip_bad_images: bool = False) -> Dataset:
     """Load a data set by name; `path` points to a local copy instead of a download, or to a folder of images.
 
     The other options are a folder's: CIFAR-10 and digits keep their native size (the CNN's input is resized
-    batch by batch) and their own test sets.
+    batch by batch) and their own test sets. The jobs of a sweep that run in one process load it once: the
+    same request for files whose names, sizes and modification times have not changed since is the same
+    data set.
     """
+    key = (name, path, image_size, test_fraction, skip_bad_images, _files_stamp(path))
+    if key not in _LOADED:
+        if len(_LOADED) >= _REMEMBERED:
+            _LOADED.clear()
+        _LOADED[key] = _load(name=name, path=path, image_size=image_size, test_fraction=test_fraction,
+                             skip_bad_images=skip_bad_images)
+    return _LOADED[key]
+
+
+def _files_stamp(path: Optional[str]) -> tuple:
+    """Every file under `path` with its size and modification time: what says a local copy is unchanged."""
+    if path is None:
+        return ()
+    root = Path(path).expanduser()
+    if root.is_file():
+        found = [root]
+    elif root.is_dir():
+        found = sorted(item for item in root.rglob("*") if item.is_file())
+    else:
+        return ("missing",)
+    stamp = []
+    for item in found:
+        info = item.stat()
+        stamp.append((str(item), info.st_size, info.st_mtime_ns))
+    return tuple(stamp)
+
+
+def _load(*, name: str, path: Optional[str], image_size: Optional[int], test_fraction: float,
+          skip_bad_images: bool) -> Dataset:
     if name == "folder":
         return load_folder(path, image_size=image_size, test_fraction=test_fraction, skip_bad_images=skip_bad_images)
     loaders: dict[str, Callable[[Optional[str]], Dataset]] = {

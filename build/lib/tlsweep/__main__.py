@@ -1,0 +1,72 @@
+"""`python -m tlsweep`: the only @hydra.main. It hands the composed config to `job.run` and returns the
+sweep's target (validation accuracy); inside a multirun the sweep's callback has already checked every job
+and opened the parent run (`tlsweep.sweep.callback`).
+
+A config error is one line and exit status 1; inside a multirun a failed job is logged FAILED and the sweep
+goes on, to exit non-zero at its end. Ctrl-C is one line and exit status 130: the running job's run and the
+sweep's parent end KILLED, and `resume=true` picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from tlsweep import console
+from tlsweep.config import CONF_DIR, register_configs
+from tlsweep.errors import TlsweepError
+from tlsweep.job import run
+from tlsweep.sweep import context
+
+log = logging.getLogger("tlsweep")
+
+register_configs()
+
+INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (128 + SIGINT)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")  # the package's, wherever it runs from
+def main(cfg: DictConfig) -> float:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    console.mask_secrets_in_logs()
+    sweep = context.received()
+    try:
+        return run(cfg, sweep=sweep)
+    except TlsweepError as err:
+        log.error("%s", err)
+        if not multirun:
+            sys.exit(1)
+        return math.nan  # the run is marked FAILED; the sweep goes on and exits non-zero at its end
+    except Exception:
+        if multirun:
+            log.exception("job failed")
+            return math.nan
+        raise
+
+
+def interrupted() -> None:
+    """Ctrl-C: one line, exit status 130. Runs in flight were marked KILLED on the way out."""
+    log.error("interrupted: the running job and the sweep's parent run are marked KILLED; run the same command "
+              "with resume=true to go on where it stopped")
+    sys.exit(INTERRUPTED)
+
+
+def cli() -> None:
+    """The `tlsweep` command (and `python -m tlsweep`)."""
+    console.one_line_warnings()
+    try:
+        if not {"--help", "-h", "--hydra-help"} & set(sys.argv):  # help needs no backend
+            console.start_backend_quietly()
+        main()
+    except KeyboardInterrupt:
+        interrupted()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,136 @@
+"""What a person sees in the terminal: TensorFlow's C++ start-up lines kept out, and progress that suits it.
+
+TensorFlow writes its start-up notices (oneDNN, CUDA probing, `cuInit` failing on a machine without a GPU)
+from C++ straight to file descriptor 2, before Python's logging exists, so no logging setting reaches them.
+`quiet_native_startup` captures descriptor 2 while the backend starts and replays every line that is not
+one of those notices: Python warnings and real errors still show. `TF_CPP_MIN_LOG_LEVEL=0` shows all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import warnings
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from tlsweep.redact import redact
+
+# TensorFlow's C++ INFO lines (oneDNN notices, CUDA probing) bury tlsweep's own log; warnings and errors still
+# show. A user's own setting wins, and TF_CPP_MIN_LOG_LEVEL=0 also shows the start-up lines that
+# `quiet_native_startup` otherwise holds back. Every command imports this module before Keras.
+SHOW_NATIVE_LOGS = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# MLflow draws a progress bar for every artifact copy, several per logged model, and says at INFO what it
+# checks as it logs a model; a user's setting wins
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def one_line_warnings() -> None:
+    """Warnings as one short line each (`ConvergenceWarning: ...`), without the library's path and source line:
+    a run keeps their full text (`fit_warnings.txt`). For the commands only, not for tlsweep used as a library."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
+
+# absl's banner, its I/W lines, and the E lines of CUDA probing (cuda_platform.cc, cuda_executor.cc, ...)
+NATIVE_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\] .*"
+    r"|E\d{4} [\d:.]+\s+\d+ cuda\w*\.cc:\d+\] .*)$"
+)
+
+
+@contextmanager
+def quiet_native_startup(enabled: bool = True) -> Iterator[None]:
+    """Hold back the C++ start-up notices written to descriptor 2 inside the block; replay the rest."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines()
+                    if not NATIVE_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()
+
+
+_started = False
+LINE_EVERY = 0.25  # a progress line each quarter of the work, where no terminal shows a bar
+
+
+def start_backend_quietly() -> None:
+    """Start the Keras backend once per process, its device probing inside `quiet_native_startup`."""
+    global _started
+    if _started:
+        return
+    with quiet_native_startup(enabled=not SHOW_NATIVE_LOGS):
+        import keras
+
+        keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # one tiny op: the backend probes its devices now
+    _started = True
+
+
+class SecretsFilter(logging.Filter):
+    """Masks secrets (`tlsweep.redact`) in every line a handler writes, Hydra's own lines among them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
+def mask_secrets_in_logs() -> None:
+    """Put `SecretsFilter` on every handler configured now (Hydra's console and file handlers), once each."""
+    loggers = [logging.getLogger(), *(item for item in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(item, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(item, SecretsFilter) for item in handler.filters):
+                handler.addFilter(SecretsFilter())
+
+
+class Progress:
+    """Images done out of a total: a tqdm bar on a terminal; elsewhere (CI, SLURM logs) a line every quarter."""
+
+    def __init__(self, total: int, *, description: str, log):
+        self.total, self.done, self.description, self.log = total, 0, description, log
+        self.started = time.perf_counter()
+        self.next_line = LINE_EVERY
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=description, unit="img", unit_scale=True, leave=False)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        if self.done / self.total >= self.next_line or self.done == self.total:
+            elapsed = time.perf_counter() - self.started
+            rate = self.done / elapsed if elapsed > 0 else float("nan")
+            left = (self.total - self.done) / rate if rate > 0 else float("nan")
+            self.log.info("%s: %d/%d images, %.0f img/s, %.0f s left", self.description, self.done, self.total,
+                          rate, left)
+            self.next_line = self.done / self.total + LINE_EVERY
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,2 @@
+"""The backbones: every keras.applications CNN, its preprocessing and cut layers (`models`), and its stages
+(`model_stages`)."""
