@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 from mlflow.tracking import MlflowClient
 
 from tlsweep import identity
 from tlsweep.tracking import names
-from tlsweep.tracking.names import Artifact, Kind, Metric, Param, Status, Tag
+from tlsweep.tracking.names import Artifact, ExperimentTag, Kind, Link, Metric, Param, Status, Tag
 
 LAYERS = ["block3_pool", "block4_pool", "block5_pool"]
 
@@ -80,6 +82,13 @@ def test_three_cut_multirun_is_one_parent_with_three_children(isolated, cifar_ar
     assert any(p.startswith(Artifact.summary(Artifact.ACCURACY_VS_LAYER)) and p.endswith(".png") for p in summary)
     table = open(client.download_artifacts(parents[0].info.run_id, Artifact.summary(Artifact.COMPARISON_CSV), str(isolated))).read()
     assert all(layer in table for layer in LAYERS) and "test_accuracy" in table
+    # the sweep's runs table, saved as a view of the experiment, and the link that opens it
+    parent, experiment = parents[0].info.run_id, parents[0].info.experiment_id
+    state = json.loads(client.get_experiment(experiment).tags[f"{ExperimentTag.SHARED_VIEW_PREFIX}{parent}"])
+    assert sorted(re.findall(r"'(\w+)'", state["searchFilter"])) == sorted([parent, *(c.info.run_id for c in children)])
+    assert {"params.`layer`", "metrics.`val_accuracy`", "metrics.`best_val_accuracy`"} <= set(state["selectedColumns"])
+    link = f"{Link.UI}/#/experiments/{experiment}/runs?{Link.VIEW_KEY}={parent}&{Link.WORKFLOW}={Link.MODEL_TRAINING}"
+    assert link in result.stderr + result.stdout
 
 
 def test_single_run_without_m_logs_one_run(isolated, cifar_dir, cli, tiny, experiment_runs):

@@ -1,4 +1,5 @@
-"""The MLflow UI as a person sees it: a finished three-cut sweep, served by `mlflow server`, in headless Chromium.
+"""The MLflow UI as a person sees it: a finished three-cut sweep, served by `mlflow server`, in headless Chromium,
+opened from the link the sweep ends with.
 
 Uses Debian's `chromium` and `chromium-driver` through Selenium; nothing is downloaded. Without them (or
 without selenium) the test is skipped with the reason. Screenshots go to the test's folder and, when
@@ -13,22 +14,24 @@ import contextlib
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from tlsweep.tracking.names import Kind, Tag
+from tlsweep.tracking.names import Kind, Link, Metric, Tag
 
 pytestmark = [pytest.mark.server, pytest.mark.ui]
 
 LAYERS = ("block3_pool", "block4_pool", "block5_pool")
 PARENT_NAME = f"vgg16 cifar10 layer={','.join(LAYERS)}"  # named after its data and what its sweep varies
 WAIT_S = 60  # the React app renders after its API calls return; every wait is explicit
-# What the README tells a person to add under Columns; the UI keeps it per experiment in localStorage.
-COLUMNS = ["params.`layer`", "metrics.`train_accuracy`", "metrics.`val_accuracy`", "metrics.`test_accuracy`"]
+VAL, BEST = Metric.accuracy("val"), Metric.BEST_VAL_ACCURACY
+# each run name the table shows: [name, its row (the grid draws a row's pinned and scrolled cells apart), not cut]
+RUN_NAMES = ("return [...document.querySelectorAll(\"div[role='row'] a\")].filter(a => a.offsetParent && a.textContent)"
+             ".map(a => [a.textContent.trim(), +a.closest(\"div[role='row']\").getAttribute('row-index'),"
+             " a.scrollWidth <= a.clientWidth])")
 
 
 def _browser() -> tuple[str, str]:
@@ -72,8 +75,9 @@ def _screenshot(chrome, name: str, folders: list[Path]) -> None:
         assert chrome.save_screenshot(str(folder / name)), f"no screenshot written to {folder / name}"
 
 
-def test_ui_shows_the_sweep_its_nested_children_and_the_comparison_plot(isolated, cifar_dir, cli, tiny, free_port,
-                                                                        project_root, experiment_runs, mlflow_server):
+def test_the_link_a_sweep_ends_with_opens_its_runs_best_first_then_the_comparison_plot(
+        isolated, cifar_dir, cli, tiny, free_port, project_root, experiment_runs, mlflow_server, lines_with):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -97,54 +101,50 @@ def test_ui_shows_the_sweep_its_nested_children_and_the_comparison_plot(isolated
     with Image.open(client.download_artifacts(parent.info.run_id, plot, str(isolated))) as image:
         plot_size = list(image.size)
     experiment, run_id = parent.info.experiment_id, parent.info.run_id
+    # the closing lines' link, as `mlflow ui` serves it
+    (line,) = lines_with(done, Link.VIEW_KEY)
+    link = line.split()[-1]
+    assert link.startswith(f"{Link.UI}/#/experiments/{experiment}/runs?")
+    # what the table should show: each child's val_accuracy and the parent's best_val_accuracy, as stored;
+    # sorted on val_accuracy, best first, the parent (which has none) last
+    shown = {c.info.run_name: {VAL: _as_the_ui_shows(c.data.metrics[VAL])} for c in children}
+    shown[PARENT_NAME] = {BEST: _as_the_ui_shows(parent.data.metrics[BEST])}
+    order = [c.info.run_name for c in sorted(children, key=lambda c: -c.data.metrics[VAL])] + [PARENT_NAME]
 
     folder = isolated / "ui"
     folder.mkdir()
     with mlflow_server(folder, free_port(), store) as url, headless_chromium(browser, driver, folder / "profile") as chrome:
-        wait = WebDriverWait(chrome, WAIT_S)
-        chrome.get(f"{url}/health")  # same origin, so the UI's saved state can be set before it loads
+        wait = WebDriverWait(chrome, WAIT_S, ignored_exceptions=[StaleElementReferenceException])  # the grid redraws
+        chrome.get(f"{url}/health")  # same origin, so the assistant panel can be closed before the UI loads
         chrome.execute_script(
-            "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"  # the assistant would cover a third
-            "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
-            "localStorage.setItem(arguments[0], arguments[1]);",
-            f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactComponentState',
-            json.dumps({"selectedColumns": COLUMNS}))
+            "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"  # it would cover a third
+            "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")
 
-        # The experiment runs page with no workflowType parameter: tlsweep tags its experiment as model
-        # training (mlflow.experimentKind), and the page lists the training runs.
-        _viewport(chrome, 1440, 430)
-        chrome.get(f"{url}/#/experiments/{experiment}/runs")
-        link = wait.until(EC.visibility_of_element_located(
-            (By.XPATH, f"//div[@role='row']//a[normalize-space(.)='{PARENT_NAME}']")))
-        assert link.get_attribute("href").endswith(f"#/experiments/{experiment}/runs/{run_id}")
-        children_xpath = "//div[@role='row']//a[starts-with(normalize-space(.), 'vgg16/block')]"
-        assert not chrome.find_elements(By.XPATH, children_xpath), "children listed before their parent is expanded"
-
-        parent_row = link.find_element(By.XPATH, "./ancestor::div[@role='row']")
-        expander = parent_row.find_element(By.XPATH, ".//div[@col-id='attributes.`Run Name`']//button")
-        expander.click()
-        child_links = wait.until(lambda page: (lambda found: found if len(found) == 3 else False)(
-            [a for a in page.find_elements(By.XPATH, children_xpath) if a.is_displayed()]))
-        assert sorted(a.text for a in child_links) == sorted(c.info.run_name for c in children)
-        for child in child_links:  # each right below the parent, and indented under it
-            row = child.find_element(By.XPATH, "./ancestor::div[@role='row']")
-            assert int(row.get_attribute("row-index")) in (1, 2, 3)
-            assert child.location["x"] > link.location["x"]
-        # the columns the README tells a person to add
-        for column in ("layer", "val_accuracy", "test_accuracy"):
+        # The link, and no click: the Model training side, this sweep's runs as rows, the columns that answer it.
+        _viewport(chrome, 1600, 520)
+        chrome.get(link.replace(Link.UI, url, 1))
+        rows = wait.until(lambda page: (lambda found: found if len(found) == len(order) else False)(
+            page.execute_script(RUN_NAMES)))
+        assert [name for name, _, _ in sorted(rows, key=lambda row: row[1])] == order
+        for name, row, whole in rows:
+            assert whole, f"run name {name!r} is cut"
+            for metric, text in shown[name].items():
+                cell = f"//div[@role='row'][@row-index='{row}']//div[@role='gridcell'][@col-id='metrics.`{metric}`']"
+                wait.until(lambda page: page.find_element(By.XPATH, cell).text == text,
+                           f"{name}: {metric} {text} not in the table")
+        for column in ("layer", VAL, "test_accuracy", BEST):
             wait.until(EC.visibility_of_element_located(
                 (By.XPATH, f"//div[@role='columnheader']//*[normalize-space(text())='{column}']")))
-        _widen_run_names(chrome, wait)
+        wait.until(EC.visibility_of_element_located((By.XPATH, "//a[normalize-space(.)='Model registry']")))
+        assert not chrome.find_elements(By.XPATH, "//*[contains(text(), 'Error loading shared view state')]")
         _screenshot(chrome, "experiment-runs.png", shots)
+
         # each child's datasets (train, val and test) and logged models fill the Dataset and Models columns
+        chrome.get(f"{url}/health")
         chrome.execute_script("localStorage.setItem(arguments[0], arguments[1]);",
                               f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactComponentState',
                               json.dumps({"selectedColumns": ["attributes.`Dataset`", "attributes.`Models`"]}))
-        chrome.refresh()
-        link = wait.until(EC.visibility_of_element_located(
-            (By.XPATH, f"//div[@role='row']//a[normalize-space(.)='{PARENT_NAME}']")))
-        link.find_element(By.XPATH, "./ancestor::div[@role='row']").find_element(
-            By.XPATH, ".//div[@col-id='attributes.`Run Name`']//button").click()
+        chrome.get(f"{url}/#/experiments/{experiment}/runs?orderByKey=metrics.%60{VAL}%60")  # not nested: no click
         for text in ("cifar10 train", "probe"):
             wait.until(EC.visibility_of_element_located(
                 (By.XPATH, f"//div[@role='row']//*[contains(normalize-space(text()), '{text}')]")))
@@ -169,14 +169,6 @@ def test_ui_shows_the_sweep_its_nested_children_and_the_comparison_plot(isolated
                for name in ("experiment-runs.png", "comparison-plot.png"))
 
 
-def _widen_run_names(chrome, wait) -> None:
-    """Drag the Run Name column's edge, as a person would, so the parent's full name shows in the screenshot."""
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-
-    header = "//div[@role='columnheader'][@col-id='attributes.`Run Name`']"
-    with contextlib.suppress(Exception):  # cosmetic: the checks above have already passed
-        handle = wait.until(EC.presence_of_element_located((By.XPATH, f"{header}//div[contains(@class, 'ag-header-cell-resize')]")))
-        ActionChains(chrome).move_to_element(handle).click_and_hold().move_by_offset(200, 0).release().perform()
-        time.sleep(0.5)
+def _as_the_ui_shows(value: float) -> str:
+    """A metric as the runs table prints it, JavaScript's shortest form: 1 for 1.0, else as Python's repr."""
+    return str(int(value)) if value.is_integer() else repr(value)

@@ -34,13 +34,13 @@ from tlsweep.redact import redact
 from tlsweep.stages.probe.pipeline import ProbePipeline
 from tlsweep.sweep import context, depth, plan, summary
 from tlsweep.sweep.context import SweepContext
-from tlsweep.tracking import runs
+from tlsweep.tracking import runs, view
 from tlsweep.tracking.heartbeat import Heartbeat, interval_for
 from tlsweep.tracking.names import Artifact, Kind, Metric, Status, Tag
 from tlsweep.tracking.payload import Payload, PipelineModel
 from tlsweep.tracking.record import error_line
 from tlsweep.tracking.store import Store
-from tlsweep.tracking.stored import RecordError, RunRecord
+from tlsweep.tracking.stored import RecordError, RunRecord, StoredRun
 from tlsweep.validate import stale_after_seconds
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,8 @@ class MLflowSweepCallback(Callback):
         sweep = self.context
         parent_tags = store.get(sweep.parent_run_id).tags
         records, unreadable, foreign = [], [], []
-        for run in runs.sweep_jobs(store, [sweep.experiment_id], sweep.parent_run_id):
+        jobs = runs.sweep_jobs(store, [sweep.experiment_id], sweep.parent_run_id)
+        for run in jobs:
             try:
                 record = RunRecord.parse(run)
             except RecordError as err:
@@ -220,8 +221,11 @@ class MLflowSweepCallback(Callback):
                 error = f"could not log the best configuration's pipeline (run {best['run_id']}): {error_line(err)}"
         self._close(store, failed=bool(lines or error), error=error)
         log.info("sweep summary logged to parent run %s (%d runs):\n%s", sweep.parent_run_id, len(table), answer)
+        link = self._share_view(store, jobs, records, table)
         log.info("open it with: mlflow ui --backend-store-uri %s   then #/experiments/%s/runs/%s",
                  store.display_uri, sweep.experiment_id, sweep.parent_run_id)
+        if link:
+            log.info("its runs table, best first: %s", link)
         if best is not None and served:
             log.info("serve the best configuration (raw images in, class names out): MLFLOW_TRACKING_URI=%s "
                      "mlflow models serve -m runs:/%s/%s --env-manager local", store.display_uri,
@@ -237,6 +241,19 @@ class MLflowSweepCallback(Callback):
             log.error("every job finished, but the sweep's model was not logged; see the parent run %s",
                       sweep.parent_run_id)
         return len(lines) + bool(error)
+
+    def _share_view(self, store: Store, jobs: list[StoredRun], records: list[RunRecord], table) -> str:
+        """Save the runs table of the sweep's own jobs (`records`) as a view of its experiment (`tracking.view`);
+        the link that opens it, or "" with a warning when the store refuses it: the summary stands without it."""
+        own = {record.run_id for record in records}
+        try:
+            shared = view.sweep_view(store.get(self.context.parent_run_id), [job for job in jobs if job.run_id in own],
+                                     summary.varied_params(table))
+            store.set_experiment_tag(self.context.experiment_id, shared.tag, shared.value)
+        except Exception as err:
+            log.warning("the sweep's runs table was not saved as a view: %s", error_line(err))
+            return ""
+        return shared.link(view.ui_address(store.uri), self.context.experiment_id)
 
     def _log_best_pipeline(self, store: Store, best: RunRecord) -> bool:
         """Log, on the parent, the whole pipeline of its best configuration as model `model`, rebuilt from that

@@ -72,6 +72,20 @@ def varied(table: pd.DataFrame) -> list[str]:
     return [key for key in keys if done[key].astype(str).nunique(dropna=False) > 1]
 
 
+def varied_params(table: pd.DataFrame) -> list[str]:
+    """The params of the settings that take more than one value among the finished runs, model first, as the
+    runs are logged (`layer`, `classifier.C`, `data.classes`, ...); data and weights known by content by their
+    paths."""
+    done = finished(table)
+    if done.empty:
+        return []
+    own = [column for column in ("layer", "classes", "C", "seed") if done[column].astype(str).nunique(dropna=False) > 1]
+    columns = sorted([*own, *varied(table)], key=lambda column: column != "model")
+    params = {**{column: key for key, column in SHOWN.items()}, "seed": Param.SEED,
+              identity.DATA_FINGERPRINT: identity.DATA_PATH, identity.WEIGHTS_FINGERPRINT: identity.WEIGHTS}
+    return list(dict.fromkeys(params.get(column, column) for column in columns))
+
+
 def finished(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table

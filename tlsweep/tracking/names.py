@@ -1,5 +1,5 @@
 """Every name a tlsweep run carries, declared once: tags, params, metrics, artifacts, models, the parent's and
-compare's summary names, the run statuses.
+compare's summary names, the run statuses; and the experiment's tags and the UI link a sweep ends with.
 
 Writers (the job's record, the sweep's callback and summary, compare, provenance) and readers (the run
 record, resume, compare, the tests) use these names and spell none themselves. `declared` says whether a key
@@ -43,6 +43,7 @@ class Tag:
     FAILED_PREFIX = "tlsweep.failed."  # on a parent: tlsweep.failed.<key> = a job that failed before its run opened
     SEAL_PREFIX = "tlsweep.seal."  # on a parent: tlsweep.seal.<run id> = the proof that run is the sweep's own
     PARENT = "mlflow.parentRunId"
+    RUN_NAME = "mlflow.runName"  # MLflow's own: the name a run was created with
     NOTE = "mlflow.note.content"  # the run page's description: on a parent, the command and its answer
     ERROR = "error"
     LAYER = "layer"
@@ -190,6 +191,24 @@ class Artifact:
     FIGURES = (ACCURACY_VS_LAYER, CLASS_RECALL_VS_LAYER, VAL_ACCURACY_VS_C, DEPTH_PROFILE)
     summary = staticmethod((SUMMARY_FOLDER + "/{}").format)  # a parent's file: summary(COMPARISON_CSV)
     figure = staticmethod("{}-{}.png".format)  # figure(ACCURACY_VS_LAYER, "vgg16-deer_dog-C0.1")
+
+
+class ExperimentTag:
+    """Tags on the experiment itself."""
+
+    # mlflow.sharedViewState.<key>: a runs-table view that MLflow's UI restores from a link naming <key>
+    # (Link.VIEW_KEY); a sweep's is keyed by its parent run id (tracking/view.py)
+    SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+
+
+class Link:
+    """The address a sweep's closing lines print: its runs table in MLflow's UI, as its view left it."""
+
+    UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves when given no --host or --port
+    RUNS = "#/experiments/{experiment_id}/runs"  # the experiment's runs table
+    VIEW_KEY = "viewStateShareKey"  # ?viewStateShareKey=<key>: restore the view in SHARED_VIEW_PREFIX + <key>
+    WORKFLOW = "workflowType"  # ?workflowType=machine_learning: the UI's Model training side, not GenAI
+    MODEL_TRAINING = "machine_learning"
 
 
 _NOT_IN_KEYS = re.compile(r"[^\w.\- ]+")  # MLflow keys take letters, digits, `_ - . space` (and `/ :`, not on Windows)

@@ -213,6 +213,10 @@ class Store:
         with self._refusals(run_id=run_id):
             self.client.set_tag(run_id, key, redact_mapping({key: value})[key])
 
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        with self._refusals(experiment_id=experiment_id):
+            self.client.set_experiment_tag(experiment_id, key, redact_mapping({key: value})[key])
+
     def end(self, run_id: str, status: str, *, end_time: Optional[datetime] = None) -> None:
         """Close a run: FINISHED, FAILED or KILLED; `end_time` when it ended before now."""
         with self._refusals(run_id=run_id):
