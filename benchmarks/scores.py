@@ -87,10 +87,11 @@ def ranks(records: list, parent_metrics: dict) -> list[dict]:
     return rows
 
 
-def one_data_set(label: str, work: Path, extra: list[str], figures: Path | None) -> dict:
-    result = sweep(work, extra, name=label)
+def one_data_set(label: str, work: Path, extra: list[str], figures: Path | None, *, again: bool = True) -> dict:
+    """One data set's sweep (unless `again` is False: the sweep already in `work` is read back), then its figures."""
+    wall = sweep(work, extra, name=label)["wall_s"] if again else None
     store, parent, records, seconds, parent_metrics = read_back(work)
-    found = {"data": label, "wall_s": result["wall_s"], "stages": len(records), "costs": costs(records, seconds),
+    found = {"data": label, "wall_s": wall, "stages": len(records), "costs": costs(records, seconds),
              "ranks": ranks(records, parent_metrics), "parent_run_id": parent}
     if figures:
         with tempfile.TemporaryDirectory(prefix="scores-") as folder:
@@ -103,11 +104,12 @@ def one_data_set(label: str, work: Path, extra: list[str], figures: Path | None)
 
 def report(results: dict) -> str:
     lines = [f"# Transferability scores against probe fits ({results['machine']['cpu']}, "
-             f"{results['machine']['cores']} cores, load {results['load_average_at_start']:.1f} at the start)", "",
+             f"{results['machine']['nproc']} cores, load {results['load_average_at_start']:.1f} at the start)", "",
              "Random-init weights and generated or bundled images: these show the mechanics, not ImageNet transfer.",
              ""]
     for found in results["data_sets"]:
-        lines += [f"## {found['data']}: {found['stages']} stages of {', '.join(MODELS)}, {found['wall_s']:.0f} s", "",
+        wall = "" if found["wall_s"] is None else f", {found['wall_s']:.0f} s"
+        lines += [f"## {found['data']}: {found['stages']} stages of {', '.join(MODELS)}{wall}", "",
                   tabulate(found["costs"], headers="keys", tablefmt="github", floatfmt=".3g"), "",
                   tabulate(found["ranks"], headers="keys", tablefmt="github", floatfmt=".2f"), ""]
     return "\n".join(lines)
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=60)
     parser.add_argument("--figures", type=Path, help="copy each sweep's score-vs-accuracy figure here")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--read-back", action="store_true", help="report on the sweeps already in --out, run none")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = args.out.resolve()
@@ -126,9 +129,11 @@ def main() -> None:
                                  train_per_class=args.train_per_class, test_per_class=args.test_per_class)
     load = os.getloadavg()[0]
     figures = args.figures.resolve() if args.figures else None
+    folder = (lambda name: out / name) if args.read_back else (lambda name: fresh(out / name))
     data_sets = [
-        one_data_set("generated", fresh(out / "scores-generated"), [f"data.path={generated}"], figures),
-        one_data_set("digits", fresh(out / "scores-digits"), ["data=digits"], figures),
+        one_data_set("generated", folder("scores-generated"), [f"data.path={generated}"], figures,
+                     again=not args.read_back),
+        one_data_set("digits", folder("scores-digits"), ["data=digits"], figures, again=not args.read_back),
     ]
     results = {"machine": machine(), "load_average_at_start": load, "benchmark": "python -m benchmarks.scores",
                "command": "python -m tlsweep " + " ".join(OVERRIDES), "data_sets": data_sets,
