@@ -97,6 +97,21 @@ def test_a_setting_swept_makes_one_row_per_value_and_the_best_row_is_the_run_ser
     assert "val" in header  # the closing table has a column for the setting that varied
 
 
+def test_a_sweep_says_where_its_time_went(odd_sweep):
+    """The parent logs its start-up, each job the wall time outside extraction, fits and scores, so the three
+    parts add up to the job's run (the run ends just after its last metric)."""
+    _, _, parent, children, _ = odd_sweep
+    startup = parent.data.metrics[Metric.STARTUP_SECONDS]
+    first_job = min(child.info.start_time for child in children)
+    assert 0 < startup and parent.info.start_time <= first_job
+    for child in children:
+        metrics = child.data.metrics
+        work = metrics[Metric.EXTRACTION_SECONDS] + metrics[Metric.FIT_SECONDS] + sum(
+            value for key, value in metrics.items() if key.startswith(Metric.SCORE_SECONDS_PREFIX))
+        wall = (child.info.end_time - child.info.start_time) / 1000
+        assert 0 < metrics[Metric.OVERHEAD_SECONDS] and work + metrics[Metric.OVERHEAD_SECONDS] <= wall + 0.002
+
+
 def test_a_password_in_an_override_reaches_neither_the_store_nor_the_console(odd_sweep):
     result, client, parent, children, work = odd_sweep
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,4 +4,7 @@ The commands: `tlsweep` (python -m tlsweep), `tlsweep-layers` (python -m tlsweep
 (python -m tlsweep.compare). From a notebook: `from tlsweep.scores import logme, knn_accuracy`.
 """
 
+import time as _time
+
 __version__ = "0.1.0"
+IMPORTED = _time.monotonic()  # where /proc cannot say when the process started (provenance.process_age)

@@ -222,6 +222,7 @@ def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = 
             if reused is not None:
                 return reused
         result = train.train_and_evaluate(config, sweep_layers=extract_ahead, dataset=dataset)
+        work_seconds = result.work_seconds  # the prescreen's CNN pass ran before `started`
         if spec.prescored is not None:  # the CNN pass that scored it is this run's too
             result = dataclasses.replace(
                 result, cnn_forward_images=result.cnn_forward_images + spec.prescored.cnn_forward_images,
@@ -234,7 +235,7 @@ def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = 
         raise
     logged = runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(spec),
                           payload=dataclasses.replace(record, result=result).payload(), started=started,
-                          parent_run_id=target.parent_run_id, run_id=target.run_id)
+                          parent_run_id=target.parent_run_id, run_id=target.run_id, work_seconds=work_seconds)
     target.seal(run_id=logged, config_hash=spec.config_hash, val_accuracy=result.accuracy("val"))
     log.info("%s %s: train %.3f, val %.3f, test %.3f", config.model.name, config.layer, result.accuracy("train"),
              result.accuracy("val"), result.accuracy("test"))

@@ -7,10 +7,12 @@ import platform
 import shutil
 import socket
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
+import tlsweep
 from tlsweep.config import PROJECT_ROOT
 from tlsweep.tracking.names import Tag
 
@@ -68,6 +70,17 @@ def _start_time(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return "?"
+
+
+def process_age() -> float:
+    """Seconds since this process started: from the kernel's clock ticks where /proc has them, else since
+    tlsweep was first imported (which misses the interpreter's own start, a few hundredths of a second)."""
+    try:
+        ticks = float(_start_time(os.getpid()))
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(uptime - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError):
+        return time.monotonic() - tlsweep.IMPORTED
 
 
 def process_on_this_host(process: str) -> bool:

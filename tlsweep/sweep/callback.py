@@ -138,6 +138,7 @@ class MLflowSweepCallback(Callback):
                                            run_name=sweep_name(config.model.name, overrides, data_label(config)),
                                            kind=Kind.SWEEP,
                                            tags=tags, beat_interval=interval_for(stale_after))
+            store.write(parent, Payload(metrics={Metric.STARTUP_SECONDS: provenance.process_age()}))
         except TlsweepError as err:
             log.error("%s", redact(str(err)))
             sys.exit(1)

@@ -116,10 +116,11 @@ class Metric:
     LAYER_INDEX = "layer_index"  # the cut's position in the backbone, input first
     LAYER_DEPTH = "layer_depth"  # the cut's position over the last stage's: 0 at the input, 1 at the last stage
     TOTAL_SECONDS = "total_seconds"
+    OVERHEAD_SECONDS = "overhead_seconds"  # a job's wall time outside extraction, fits and scores: reports, logging
     SEARCH_C = "search/C"  # one step per C tried by classifier.C=auto, ascending
     SEARCH_VAL_ACCURACY = "search/val_accuracy"  # at the same steps
     OWN = (EXTRACTION_SECONDS, CNN_FORWARD_IMAGES, FIT_SECONDS, N_ITER, CONVERGED, LAYER_INDEX, LAYER_DEPTH,
-           TOTAL_SECONDS, SEARCH_C, SEARCH_VAL_ACCURACY)
+           TOTAL_SECONDS, OVERHEAD_SECONDS, SEARCH_C, SEARCH_VAL_ACCURACY)
     # per split: `{split}_{name}`; per class: `{split}_{stat}_{class key}` (`class_keys`)
     SPLIT_NAMES = ("accuracy", "balanced_accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1",
                    "weighted_precision", "weighted_recall", "weighted_f1")
@@ -127,6 +128,7 @@ class Metric:
     # on a sweep's parent: the answer, so the collapsed runs table shows it
     BEST_VAL_ACCURACY = "best_val_accuracy"
     BEST_TEST_ACCURACY = "best_test_accuracy"
+    STARTUP_SECONDS = "startup_seconds"  # from the process's start to its jobs handed to the launcher
     # transferability scores (tlsweep.scores): score/<metric> and score_seconds/<name> on a job; on a parent,
     # how well each ranks the children, and what prescreen=K saved
     SCORE_PREFIX, SCORE_SECONDS_PREFIX, RANK_PREFIX = "score/", "score_seconds/", "rank/"
@@ -246,7 +248,7 @@ def declared(kind: str, key: str, *, config_keys: Sequence[str] = ()) -> bool:
         if split is not None:
             rest = key[len(split) + 1:]
             return rest in Metric.SPLIT_NAMES or any(rest.startswith(f"{stat}_") for stat in Metric.CLASS_STATS)
-        return key in Metric.OWN or key in (Metric.BEST_VAL_ACCURACY, Metric.BEST_TEST_ACCURACY,
+        return key in Metric.OWN or key in (Metric.BEST_VAL_ACCURACY, Metric.BEST_TEST_ACCURACY, Metric.STARTUP_SECONDS,
                                               Metric.PRESCREEN_SKIPPED_FITS, Metric.PRESCREEN_SAVED_SECONDS) or \
             key.startswith((Metric.SCORE_PREFIX, Metric.SCORE_SECONDS_PREFIX, Metric.RANK_PREFIX))
     if kind == "tag":

@@ -97,6 +97,11 @@ class JobResult:
             scores=dict(scores),
         )
 
+    @property
+    def work_seconds(self) -> float:
+        """What the job is for: extraction, fits (the C search's included) and transferability scores."""
+        return self.extraction_seconds + self.fit_seconds + sum(scored.seconds for scored in self.scores.values())
+
     def predictions_csv(self, split: SplitReport) -> str:
         names = dict(zip(self.labels, self.class_names))
         ids = self.split_ids.get(split.split) or [""] * len(split.y_true)

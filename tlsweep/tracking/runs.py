@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from tlsweep import provenance
 from tlsweep.errors import ConfigError, LoggingError
 from tlsweep.tracking import heartbeat
-from tlsweep.tracking.names import Kind, Status, Tag
+from tlsweep.tracking.names import Kind, Metric, Status, Tag
 from tlsweep.tracking.payload import Payload
 from tlsweep.tracking.record import error_line
 from tlsweep.tracking.store import Store
@@ -40,8 +40,12 @@ def connect(tracking_uri: str, experiment: str, *, stale_after: Optional[float] 
 
 
 def log_job(store: Store, *, experiment_id: str, run_name: str, payload: Payload, started: float,
-            parent_run_id: Optional[str] = None, run_id: Optional[str] = None, interrupted: bool = False) -> str:
+            parent_run_id: Optional[str] = None, run_id: Optional[str] = None, interrupted: bool = False,
+            work_seconds: Optional[float] = None) -> str:
     """Write a finished, failed or interrupted job as one run; `run_id` is a run opened for it (`mlflow run`'s).
+
+    `work_seconds`, the job's extraction, fits and scores: the rest of its wall time since `started`, this
+    writing included, is logged last as `overhead_seconds`.
 
     The run is created with the tags that say what it is, so even a run whose results cannot be written is
     listed by what it was. It always ends: FINISHED, FAILED (an error, or results that could not be written,
@@ -54,6 +58,8 @@ def log_job(store: Store, *, experiment_id: str, run_name: str, payload: Payload
         run_id = store.create_run(experiment_id, run_name=run_name, tags=tags, start_time=int(started * 1000))
     try:
         store.write(run_id, payload)
+        if work_seconds is not None:
+            store.write(run_id, Payload(metrics={Metric.OVERHEAD_SECONDS: time.time() - started - work_seconds}))
     except Exception as err:
         line = f"the run's results could not be written to {store.display_uri}: {error_line(err)}"
         _closing(store, run_id, Status.FAILED, error=line)
