@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tlsweep.tracking.names import Artifact, Kind, Param, Status, Tag
+from tlsweep.tracking.names import Artifact, Kind, Metric, Param, Status, Tag
 
 PROVENANCE_TAGS = (Tag.CONFIG_HASH, Tag.DATA_FINGERPRINT, Tag.WEIGHTS_FINGERPRINT, "layer", "classes", Tag.KIND)
 
@@ -49,7 +49,7 @@ def _both(isolated: Path, project: list[str], direct: list[str]) -> tuple[list, 
 def _result(run) -> tuple[dict, dict, dict]:
     """What a run says about its configuration: params, metrics other than times, provenance tags."""
     params = {k: v for k, v in run.data.params.items() if k != "overrides"}  # `overrides`: mlflow run's own
-    metrics = {k: v for k, v in run.data.metrics.items() if not k.endswith("_seconds")}
+    metrics = {k: v for k, v in run.data.metrics.items() if not Metric.is_time(k)}
     return params, metrics, {k: run.data.tags.get(k) for k in PROVENANCE_TAGS}
 
 

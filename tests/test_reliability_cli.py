@@ -79,7 +79,8 @@ def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_i
     from tlsweep.stages.data import datasets
     from tlsweep.stages.features import cache, extraction
 
-    (folder,) = [p for p in (isolated / "cache").iterdir() if p.is_dir()]
+    # the entries' folder; Hydra's folders go beside it, in hydra/
+    (folder,) = [p for p in (isolated / "cache").iterdir() if p.is_dir() and p.name != "hydra"]
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*"))
     entries = sorted(p.stem for p in folder.glob("*.npy"))
     assert entries == sorted(p.stem for p in folder.glob("*.json")

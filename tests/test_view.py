@@ -45,7 +45,7 @@ def test_a_sweeps_view_lists_its_runs_best_first_with_what_it_varies_its_accurac
     assert state["searchFilter"] == f"attributes.run_id IN ('{PARENT}', 'block4_pool', 'block3_pool', 'block5_pool')"
     assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val_accuracy`", False)
     columns = ["params.`layer`", "params.`classifier.C`", "metrics.`val_accuracy`", "metrics.`test_accuracy`",
-               "metrics.`score/gbc`", "metrics.`score/logme`", "metrics.`best_val_accuracy`"]
+               "metrics.`best_val_accuracy`", "metrics.`score/gbc`", "metrics.`score/logme`"]
     assert state["selectedColumns"] == columns
     assert state["columnOrder"] == [view.RUN_NAME, view.CREATED, view.DURATION, *columns]
     # every column is wide enough for its header and its longest value, the name column for the longest name

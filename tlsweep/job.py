@@ -245,16 +245,18 @@ def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = 
     return result.accuracy("val")
 
 
-def _reusable(spec: JobSpec, config: TlsweepConfig, target: LogTarget) -> tuple[Optional[datasets.Dataset],
-                                                                                  Optional[float]]:
-    """resume=true: (the data set, if it had to be loaded; the val accuracy of a FINISHED run of the same
+def _reusable(spec: JobSpec, config: TlsweepConfig, target: LogTarget, dataset: Optional[datasets.Dataset]
+              ) -> tuple[Optional[datasets.Dataset], Optional[float]]:
+    """resume=true: (the data set, as given or loaded to check it; the val accuracy of a FINISHED run of the same
     configuration on the same data and weights, or None to run it). A run whose data or weights fingerprint
     differs from what they hold now is not reused, and a line says why."""
     done = runs.finished_job(target.store, target.experiment_id, spec.config_hash)
     if done is None:
-        return None, None
-    dataset = datasets.load_dataset(name=config.data.name, path=config.data.path, image_size=config.data.image_size,
-                                test_fraction=config.data.test_fraction, skip_bad_images=config.data.skip_bad_images)
+        return dataset, None
+    if dataset is None:
+        dataset = datasets.load_dataset(name=config.data.name, path=config.data.path, image_size=config.data.image_size,
+                                        test_fraction=config.data.test_fraction,
+                                        skip_bad_images=config.data.skip_bad_images)
     current = {identity.DATA_FINGERPRINT: dataset.fingerprint,
                identity.WEIGHTS_FINGERPRINT: models.weights_fingerprint(config.model.weights, config.seed)}
     changed = identity.same_content(done.fingerprints, current)

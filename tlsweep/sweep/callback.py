@@ -259,14 +259,15 @@ class MLflowSweepCallback(Callback):
     def _log_best_pipeline(self, store: Store, best: RunRecord) -> bool:
         """Log, on the parent, the whole pipeline of its best configuration as model `model`, rebuilt from that
         run's `probe` (the fitted probe and how its features were made) and the same backbone weights, with
-        that run's val and test accuracy and its datasets, so the model's page shows them. False, with a
+        that run's val and test accuracy (`pipeline/val_accuracy`, not `val_accuracy`, so the parent sorts after its
+        jobs) and its datasets, so the model's page shows them. False, with a
         warning, for a run that logged no probe (one resumed from before tlsweep logged them)."""
         if not store.has_model(best.run_id, Artifact.PROBE_MODEL):
             log.warning("best run %s logged no probe model, so the sweep logs no pipeline model", best.run_id)
             return False
         probe, spec, examples = store.load_probe(best.run_id, Artifact.PROBE_MODEL)
         pipeline = ProbePipeline.build(spec=spec, probe=probe)
-        accuracies = {Metric.accuracy(split): value for split, value in (("val", best.val_accuracy),
+        accuracies = {Metric.pipeline(split): value for split, value in (("val", best.val_accuracy),
                                                                           ("test", best.test_accuracy))}
         store.write(self.context.parent_run_id,
                     Payload(metrics=accuracies, inputs=store.datasets_of(best.run_id),

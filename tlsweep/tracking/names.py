@@ -132,6 +132,9 @@ class Metric:
     # transferability scores (tlsweep.scores): score/<metric> and score_seconds/<name> on a job; on a parent,
     # how well each ranks the children, and what prescreen=K saved
     SCORE_PREFIX, SCORE_SECONDS_PREFIX, RANK_PREFIX = "score/", "score_seconds/", "rank/"
+    # on a parent: pipeline/val_accuracy, pipeline/test_accuracy of the model `model` it serves (one run's, where
+    # best_val_accuracy is the mean over seeds), linked to it and its datasets, so the model's page shows them
+    PIPELINE_PREFIX = "pipeline/"
     PRESCREEN_SKIPPED_FITS = "prescreen/skipped_fits"
     PRESCREEN_SAVED_SECONDS = "prescreen/saved_seconds"  # the skipped fits, at the mean cost of those it ran
     RANK_KINDS = ("kendall_tau", "weighted_tau")
@@ -145,9 +148,18 @@ class Metric:
         return f"{Metric.SCORE_SECONDS_PREFIX}{name}"
 
     @staticmethod
+    def pipeline(split: str) -> str:
+        return f"{Metric.PIPELINE_PREFIX}{Metric.accuracy(split)}"
+
+    @staticmethod
     def rank(name: str, kind: str) -> str:
         """On a parent: `rank/<score>_kendall_tau`, `rank/<score>_weighted_tau` between the score and val accuracy."""
         return f"{Metric.RANK_PREFIX}{name}_{kind}"
+
+    @staticmethod
+    def is_time(key: str) -> bool:
+        """Wall-clock seconds: the metrics in which two runs of the same configuration may differ."""
+        return key.endswith("_seconds") or key.startswith(Metric.SCORE_SECONDS_PREFIX)
 
     @staticmethod
     def of(split: str, *name: str) -> str:
@@ -250,7 +262,8 @@ def declared(kind: str, key: str, *, config_keys: Sequence[str] = ()) -> bool:
             return rest in Metric.SPLIT_NAMES or any(rest.startswith(f"{stat}_") for stat in Metric.CLASS_STATS)
         return key in Metric.OWN or key in (Metric.BEST_VAL_ACCURACY, Metric.BEST_TEST_ACCURACY, Metric.STARTUP_SECONDS,
                                               Metric.PRESCREEN_SKIPPED_FITS, Metric.PRESCREEN_SAVED_SECONDS) or \
-            key.startswith((Metric.SCORE_PREFIX, Metric.SCORE_SECONDS_PREFIX, Metric.RANK_PREFIX))
+            key.startswith((Metric.SCORE_PREFIX, Metric.SCORE_SECONDS_PREFIX, Metric.RANK_PREFIX)) or \
+            key in (Metric.pipeline("val"), Metric.pipeline("test"))
     if kind == "tag":
         prefixes = (Tag.RESUMED_PREFIX, Tag.FAILED_PREFIX, Tag.SEAL_PREFIX, Tag.VERSION_PREFIX, Tag.COMPARE_PREFIX)
         return key in _constants(Tag) or key.startswith(prefixes)

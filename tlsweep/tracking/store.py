@@ -130,7 +130,8 @@ class Store:
                 models[name] = self.client.create_logged_model(self.experiment_of(run_id), name=name,
                                                                source_run_id=run_id).model_id
         linked = _linked_metrics(next(iter(models.values()), None), payload.inputs)
-        metrics = [Metric(key, float(value), now, 0, **linked.get(key, {})) for key, value in payload.metrics.items()]
+        metrics = [Metric(key, float(value), now, 0, **linked.get(key.removeprefix(MetricName.PIPELINE_PREFIX), {}))
+                   for key, value in payload.metrics.items()]
         metrics += [Metric(key, float(value), now, step) for key, values in payload.series.items()
                     for step, value in enumerate(values)]
         if payload.params or metrics or payload.tags:

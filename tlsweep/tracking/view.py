@@ -60,14 +60,14 @@ def column(kind: str, key: str) -> str:
 
 def sweep_view(parent: StoredRun, jobs: Sequence[StoredRun], params: Sequence[str]) -> RunsView:
     """The view of a sweep: its parent and job runs, best val accuracy first; a column for each param in
-    `params` (what the sweep varies), `val_accuracy`, `test_accuracy`, the scores its jobs logged, and the
-    parent's `best_val_accuracy`; every column wide enough for its header and its values."""
+    `params` (what the sweep varies), `val_accuracy`, `test_accuracy`, the parent's `best_val_accuracy`, then
+    the scores its jobs logged; every column wide enough for its header and its values."""
     val, test, best = Metric.accuracy("val"), Metric.accuracy("test"), Metric.BEST_VAL_ACCURACY
     scores = sorted({key for job in jobs for key in job.metrics if key.startswith(Metric.SCORE_PREFIX)})
     shown = [("params", key, [job.params.get(key, "") for job in jobs]) for key in params]
-    shown += [("metrics", key, [str(job.metrics[key]) for job in jobs if key in job.metrics])
-              for key in (val, test, *scores)]
+    shown += [("metrics", key, [str(job.metrics[key]) for job in jobs if key in job.metrics]) for key in (val, test)]
     shown.append(("metrics", best, [str(parent.metrics[best])] if best in parent.metrics else []))
+    shown += [("metrics", key, [str(job.metrics[key]) for job in jobs if key in job.metrics]) for key in scores]
     columns = [column(kind, key) for kind, key, _ in shown]
     names = [run.tags.get(Tag.RUN_NAME, run.run_id) for run in (parent, *jobs)]
     state = {
