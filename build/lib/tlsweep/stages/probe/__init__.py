@@ -1,3 +1,0 @@
-"""The linear probes on frozen features: the registry of classifiers (`probes`), fitting and choosing C
-(`classify`), the solvers tlsweep adds (`lbfgs_svc`, `newton_svc`), and the whole pipeline as one predictor of
-raw images (`pipeline`)."""
