@@ -10,6 +10,7 @@ Building every model takes a few minutes on a CPU.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def main(argv=None) -> int:
 
     console.start_backend_quietly()
     wanted = {name: config_text(name) for name in models.backbones()}
-    present = {path.stem: path.read_text() for path in CONF.glob("*.yaml")}
+    # conf/model/ also holds model=hub's and model=file's configs (and Keras-Hub presets'), which name a preset or a path
+    present = {path.stem: path.read_text() for path in CONF.glob("*.yaml")
+               if not re.search(r"^(preset|path):", path.read_text(), re.MULTILINE)}
     stale = sorted(name for name, text in wanted.items() if present.get(name) != text)
     extra = sorted(set(present) - set(wanted))
     if args.check:

@@ -1,5 +1,6 @@
-"""Shared fixtures: an isolated MLflow store and cache per test, tiny genuine-format CIFAR-10 files, and the
-helpers tests share (composing the config, running the CLI, finding runs, free ports, cached extraction).
+"""Shared fixtures: an isolated MLflow store and cache per test, tiny genuine-format CIFAR-10 files, tiny Keras-Hub
+presets, and the helpers tests share (composing the config, running the CLI, finding runs, free ports, cached
+extraction).
 
 Test files ask for these by fixture name and never import this module. The stateless helpers are
 session-scoped, so module- and session-scoped fixtures in test files can use them too.
@@ -300,3 +301,46 @@ def mlflow_server():
             process.wait(timeout=30)
 
     return serve
+
+
+# Keras-Hub backbones as local preset folders: tiny random-init transformers, as `model=hub model.preset=` reads them
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _write_hub_presets(root: Path, *, image_size: int = 32) -> dict[str, Path]:
+    """root/tiny_vit (ViT, 3 blocks, patch 8), root/tiny_dinov2 (DINOv2, 2 blocks, 2 register tokens) and
+    root/tiny_clip (CLIP: a 2-block image encoder beside a text encoder): width 32, random init (seed 0), each with
+    its ImageConverter, saved with Keras-Hub's own save_to_preset. Returns {name: folder}."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    shape, size = (image_size, image_size, 3), (image_size, image_size)
+    folders = {name: root / name for name in ("tiny_vit", "tiny_dinov2", "tiny_clip")}
+    vit = keras_hub.models.ViTBackbone(image_shape=shape, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32,
+                                       mlp_dim=64)
+    converters = {"tiny_vit": keras_hub.layers.ViTImageConverter(image_size=size, scale=1 / 127.5, offset=-1.0)}
+    dinov2 = keras_hub.models.DINOV2Backbone(patch_size=8, num_layers=2, hidden_dim=32, num_heads=2,
+                                             intermediate_dim=64, image_shape=shape, position_embedding_shape=shape,
+                                             num_register_tokens=2)
+    converters["tiny_dinov2"] = keras_hub.layers.DINOV2ImageConverter(
+        image_size=size, scale=[1 / (255 * s) for s in IMAGENET_STD],
+        offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    vision = keras_hub.models.CLIPVisionEncoder(patch_size=8, hidden_dim=32, num_layers=2, num_heads=2,
+                                                intermediate_dim=64, image_shape=shape)
+    text = keras_hub.models.CLIPTextEncoder(vocabulary_size=50, embedding_dim=32, hidden_dim=32, num_layers=1,
+                                            num_heads=2, intermediate_dim=64, max_sequence_length=8)
+    clip = keras_hub.models.CLIPBackbone(vision_encoder=vision, text_encoder=text, projection_dim=16)
+    converters["tiny_clip"] = keras_hub.layers.CLIPImageConverter(image_size=size, scale=1 / 255.0)
+    for name, backbone in (("tiny_vit", vit), ("tiny_dinov2", dinov2), ("tiny_clip", clip)):
+        backbone.save_to_preset(str(folders[name]))
+        converters[name].save_to_preset(str(folders[name]))
+    return folders
+
+
+@pytest.fixture(scope="session")
+def hub_presets(tmp_path_factory) -> dict[str, Path]:
+    """{"tiny_vit" | "tiny_dinov2" | "tiny_clip": preset folder}, written once for the session (skipped without
+    Keras-Hub, the `hub` extra)."""
+    pytest.importorskip("keras_hub")
+    return _write_hub_presets(tmp_path_factory.mktemp("presets"))

@@ -18,6 +18,7 @@ from tlsweep.stages.backbone import model_stages, models
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {path.stem: OmegaConf.load(path) for path in sorted((ROOT / "conf" / "model").glob("*.yaml"))}
+CONFIGS = {name: config for name, config in CONFIGS.items() if not {"preset", "path"} & set(config)}  # applications
 
 # What a researcher would name, per family; the rules in model_stages.STAGE_BLOCKS must find exactly these
 EXPECTED = {

@@ -17,12 +17,22 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"  # the Hydra config, inside 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # a keras.applications backbone in snake_case: vgg16, resnet50_v2, efficientnet_b0, ...
-    weights: Optional[str] = "imagenet"  # "imagenet", null (random init) or a path to a weights file
-    default_layer: str = MISSING  # the cut used when `layer` is not given
+    # a keras.applications backbone in snake_case (vgg16, resnet50_v2, ...); for model=hub and model=file, a name
+    # for the runs, by default the preset's or the file's (source.display_name)
+    name: str = MISSING
+    # keras.applications: "imagenet", null (random init) or a path to a weights file; model=hub: "preset" (the
+    # preset's own) or null; model=file: "file" (the file's own)
+    weights: Optional[str] = "imagenet"
+    default_layer: str = MISSING  # the cut used when `layer` is not given; model=hub and file: their last cut
     batch_size: int = 256  # images per forward pass during extraction
-    # the layers a researcher would cut at, input to output (stage_layers in tlsweep/stages/model_stages.py)
+    # the layers a researcher would cut at, input to output (stage_layers in tlsweep/stages/model_stages.py);
+    # model=hub and file: their blocks, or the last layer at each resolution, when empty
     stages: List[str] = field(default_factory=list)
+    # model=hub: a Keras-Hub preset name, an hf:// or kaggle:// handle, or a local preset folder
+    preset: Optional[str] = None
+    path: Optional[str] = None  # model=file: a saved Keras model (.keras, or a legacy .h5) whose input is an image
+    # model=file: caffe, torch, tf or none, as keras.applications.imagenet_utils.preprocess_input names its modes
+    preprocess: Optional[str] = None
 
 
 @dataclass
@@ -58,7 +68,9 @@ class ClassifierConfig:
 
 @dataclass
 class FeaturesConfig:
-    pooling: str = "flatten"  # flatten (the original study), avg, max, or grid (VISSL's bounded size)
+    # flatten (the original study), avg, max, grid (VISSL's bounded size), avgmax; token sequences: cls, mean,
+    # cls_mean, flatten (tlsweep/stages/features/pooling.py says which applies to which kind of cut)
+    pooling: str = "flatten"
     grid_size: int = 2  # grid: adaptive average pooling of each channel to grid_size x grid_size
     normalize: str = "none"  # none, l2 (each row) or standardize (statistics from the fit rows only)
 
@@ -105,13 +117,23 @@ def _registry_names(registry: str) -> str:
     return " | ".join(entries)
 
 
+def _backbone_name(source: Optional[str], fallback: str) -> str:
+    """`${tlsweep.backbone_name:${model.preset},hub}`: a run's model name from its preset or file."""
+    from tlsweep.stages.backbone.source import display_name
+
+    return display_name(source, fallback=fallback)
+
+
 def register_configs() -> None:
     """Register the schemas (each group's yaml files extend theirs via `defaults`), the resolver that lists a
-    registry on the help page, and the one that places Hydra's folders under the cache folder."""
+    registry on the help page, the one that places Hydra's folders under the cache folder, and the one that
+    names a Keras-Hub preset's or a file's runs."""
     if not OmegaConf.has_resolver("tlsweep.names"):
         OmegaConf.register_new_resolver("tlsweep.names", _registry_names)
     if not OmegaConf.has_resolver("tlsweep.cache_home"):  # where Hydra's own folders go (conf/config.yaml)
         OmegaConf.register_new_resolver("tlsweep.cache_home", lambda: default_cache_dir(None).as_posix())
+    if not OmegaConf.has_resolver("tlsweep.backbone_name"):
+        OmegaConf.register_new_resolver("tlsweep.backbone_name", _backbone_name)
     cs = ConfigStore.instance()
     cs.store(name="tlsweep_schema", node=TlsweepConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 import typing
 from typing import Any, Iterator, Mapping, Optional
 
@@ -38,11 +39,12 @@ DESCRIPTIVE_KEYS = ("model.stages", "model.default_layer", "classifier._target_"
 # keys added after runs were first logged: left out of the hash at their schema default, so a configuration
 # keeps its hash (and `resume=true` finds its earlier runs) across the addition
 ADDED_KEYS = ("features.pooling", "features.grid_size", "features.normalize", "data.train_per_class",
-              "data.test_fraction", "data.skip_bad_images")
+              "data.test_fraction", "data.skip_bad_images", "model.preset", "model.path", "model.preprocess")
 # keys the hash has always held although they cannot change a result: kept in it so that hashes stay put
 HASHED_DESCRIPTIVE_KEYS = ("model.default_layer", "demo")
 SEED = "seed"  # runs that differ in this alone are repeats of one configuration
 DATA_PATH, WEIGHTS = "data.path", "model.weights"
+BACKBONE_PATHS = ("model.preset", "model.path")  # where a preset's or a file's weights are: counted by content
 DATA_FINGERPRINT, WEIGHTS_FINGERPRINT = "data.fingerprint", "weights.fingerprint"
 RANDOM_WEIGHTS = "random"  # the seed-free form of a random init's fingerprint (`random-seed<k>`)
 
@@ -116,8 +118,10 @@ def same_content(logged: Mapping[str, Optional[str]], current: Mapping[str, str]
 
 
 def seed_free_weights(fingerprint: Optional[str]) -> Optional[str]:
-    """A weights fingerprint with the seed of a random init left out: other seeds are repeats, not other weights."""
-    return RANDOM_WEIGHTS if fingerprint and fingerprint.startswith("random-seed") else fingerprint
+    """A weights fingerprint with the seed of a random init left out: other seeds are repeats, not other weights
+    (`random-seed3` -> `random`; a preset's random init keeps its architecture: `random-seed3-<digest>` ->
+    `random-<digest>`)."""
+    return re.sub(r"^random-seed\d+", RANDOM_WEIGHTS, fingerprint) if fingerprint else fingerprint
 
 
 def configuration(params: Mapping[str, str], tags: Mapping[str, str]) -> dict[str, str]:
@@ -133,6 +137,8 @@ def configuration(params: Mapping[str, str], tags: Mapping[str, str]) -> dict[st
         found[DATA_FINGERPRINT] = tags[DATA_FINGERPRINT]
     if tags.get(WEIGHTS_FINGERPRINT):
         found.pop(WEIGHTS, None)
+        for key in BACKBONE_PATHS:
+            found.pop(key, None)
         found[WEIGHTS_FINGERPRINT] = seed_free_weights(tags[WEIGHTS_FINGERPRINT])
     return found
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlsweep import identity, preflight, provenance, train
 from tlsweep.config import TlsweepConfig, default_tracking_uri
 from tlsweep.errors import ConfigError, TlsweepError
-from tlsweep.stages.backbone import models
+from tlsweep.stages.backbone.source import BackboneSource
 from tlsweep.stages.data import datasets
 from tlsweep.sweep import context
 from tlsweep.sweep.context import SweepContext
@@ -30,7 +30,7 @@ from tlsweep.tracking import runs
 from tlsweep.tracking.names import Tag
 from tlsweep.tracking.record import CutScores, JobRecord, error_line
 from tlsweep.tracking.store import Store
-from tlsweep.validate import check_stage_memory, stale_after_seconds, validate
+from tlsweep.validate import check_stage_memory, stale_after_seconds, validate, with_backbone_defaults
 
 log = logging.getLogger("tlsweep")
 
@@ -76,7 +76,7 @@ def job_configs(cfg: DictConfig) -> list[tuple[TlsweepConfig, str]]:
 def job_specs(cfg: DictConfig) -> list[JobSpec]:
     """The configurations a job runs, each checked before anything is opened: one, or with `layer=stages`
     one per stage of model.stages (the memory each stage's fit needs checked too)."""
-    cfg = _canonical(cfg)
+    cfg = with_backbone_defaults(_canonical(cfg))
     if cfg.layer != STAGES:
         config = validate(cfg)
         if config.prescreen is not None:
@@ -156,7 +156,8 @@ def run(cfg: DictConfig, sweep: Optional[SweepContext] = None) -> float:
     if sweep is None:  # a sweep fetched once for all its jobs, in its callback
         preflight.fetch([first])
     target = where_to_log(first, sweep)
-    ahead = tuple(spec.config.layer for spec in specs) if len(specs) > 1 else (sweep.sweep_layers if sweep else ())
+    swept = [layer for layer in (sweep.sweep_layers if sweep else ()) if layer != STAGES]  # one pass for them all
+    ahead = tuple(dict.fromkeys([*(spec.config.layer for spec in specs if len(specs) > 1), *swept]))
     dataset = None
     if first.prescreen is not None:
         dataset = datasets.load_dataset(name=first.data.name, path=first.data.path, image_size=first.data.image_size,
@@ -258,7 +259,7 @@ def _reusable(spec: JobSpec, config: TlsweepConfig, target: LogTarget, dataset: 
                                         test_fraction=config.data.test_fraction,
                                         skip_bad_images=config.data.skip_bad_images)
     current = {identity.DATA_FINGERPRINT: dataset.fingerprint,
-               identity.WEIGHTS_FINGERPRINT: models.weights_fingerprint(config.model.weights, config.seed)}
+               identity.WEIGHTS_FINGERPRINT: BackboneSource.of(config.model).fingerprint(config.seed)}
     changed = identity.same_content(done.fingerprints, current)
     if changed:
         log.info("resume: running %s again: its %s changed since run %s", describe(config),

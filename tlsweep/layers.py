@@ -9,6 +9,13 @@ Examples:
   python -m tlsweep.layers model=resnet50 data.image_size=224
   python -m tlsweep.layers model=efficientnet_b0 data=folder data.path=/data/flowers data.image_size=128
   python -m tlsweep.layers model=vgg16 classifier=lbfgs_svc 'data.classes=[0,1,2,3,4,5,6,7,8,9]'
+  python -m tlsweep.layers model=dinov2_small data.image_size=224        # a transformer: its blocks, T x D
+  python -m tlsweep.layers model=hub model.preset=/data/my_preset data.image_size=224
+  python -m tlsweep.layers model=file model.path=my_cnn.keras model.preprocess=torch
+
+A transformer's cuts are its blocks, block0 .. block{N-1}, and output (after its final normalisation); each
+output is a token sequence, T x D (tokens x width), and the pooling columns are the token poolings (cls, mean,
+cls_mean, flatten). A CNN's cuts are maps, H x W x C, with the map poolings.
 
 A line with `^` under a layer marks the end of a stage (model.stages, the cuts of a depth profile), with its
 layer_depth: its position in the model's layer list over the last stage's, 0 at the input and 1 at the last stage.
@@ -49,52 +56,84 @@ def compose_config(overrides: Sequence[str]):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def layer_rows(config: TlsweepConfig, input_size: int, *, budget: int, n_rows: int) -> list[list]:
-    """One row per cut layer: index, name, output shape, flattened and pooled sizes, fit memory, mark."""
-    from tlsweep.stages.backbone import models
+def table_poolings(shapes) -> list[str]:
+    """The poolings that fit some cut of the model (a column each): a CNN's map poolings, a transformer's token
+    poolings."""
     from tlsweep.stages.features import pooling
 
-    model = models.build_backbone(name=config.model.name, weights=None, input_size=input_size, seed=0)
+    kinds = {pooling.kind_of(shape) for shape in shapes} - {pooling.VECTOR}
+    return [name for name, entry in POOLINGS.items() if kinds & set(entry.kinds)] or list(POOLINGS)
+
+
+def layer_rows(config: TlsweepConfig, input_size: int, *, budget: int, n_rows: int) -> list[list]:
+    """One row per cut layer: index, name, output shape, flattened and pooled sizes (- where a pooling does not
+    fit the cut), fit memory, mark."""
+    from tlsweep.stages.backbone.source import BackboneSource
+    from tlsweep.stages.features import pooling
+
+    shapes = BackboneSource.of(config.model).shapes_at(input_size)
     per_value = memory.bytes_per_value(config)
+    columns = table_poolings(shapes.values())
     rows = []
-    for index, (name, shape) in enumerate(models.cut_shapes(model).items(), start=1):
-        sizes = [pooling.pooled_dim(shape, dataclasses.replace(config.features, pooling=p)) for p in pooling.POOLINGS]
+    for index, (name, shape) in enumerate(shapes.items(), start=1):
+        fits = pooling.for_kind(pooling.kind_of(shape))
+        sizes = [pooling.pooled_dim(shape, dataclasses.replace(config.features, pooling=p)) if p in fits else "-"
+                 for p in columns]
         need = n_rows * math.prod(shape) * per_value
         rows.append([index, name, "x".join(map(str, shape)), *sizes, f"{need / memory.GIB:.2f}",
                      "*" if need > budget else ""])
     return rows
 
 
-def stage_marks(model: str, stages: Sequence[str]) -> dict[str, str]:
+def stage_marks(model: str, stages: Sequence[str], *, layers: Sequence[str] = ()) -> dict[str, str]:
     """The line shown under each stage's row: which stage it ends, and its layer_depth.
 
-    The stages are the config's model.stages, or the model's own (stage_layers) when the config names none.
+    The stages are the config's model.stages, or the model's own (stage_layers) when the config names none;
+    `layers`, the model's cuts in order, when it is no keras.applications backbone.
     """
     from tlsweep.stages.backbone import model_stages
 
     stages = list(stages) or list(model_stages.stage_layers(model))
-    return {layer: f"    ^ stage {number} of {len(stages)}, layer_depth "
-                   f"{model_stages.layer_depth(model, layer, stages=stages):.2f}"
+    depth = (lambda layer: model_stages.depth_in(layers, layer, last_stage=stages[-1])) if layers else (
+        lambda layer: model_stages.layer_depth(model, layer, stages=stages))
+    return {layer: f"    ^ stage {number} of {len(stages)}, layer_depth {depth(layer):.2f}"
             for number, layer in enumerate(stages, start=1)}
+
+
+def token_line(config: TlsweepConfig, input_size: int) -> list[str]:
+    """What a token sequence's T x D holds, for a transformer's table: its class token and registers, its patches."""
+    from tlsweep.stages.backbone.source import BackboneSource
+
+    source = BackboneSource.of(config.model)
+    shapes, prefix = source.shapes_at(input_size), source.prefix_tokens()
+    tokens = [(shape[0], prefix.get(name, 0)) for name, shape in shapes.items() if len(shape) == 2]
+    if not tokens:
+        return []
+    count, before = tokens[0]
+    return [f"T x D: {count} tokens of width D, {before} before the patches (the class token, and registers if any), "
+            f"then {count - before} patch tokens; features.pooling for them: cls, mean, cls_mean, flatten"]
 
 
 def report(config: TlsweepConfig) -> str:
     """The table and the lines around it that say what it assumed."""
-    from tlsweep.stages.backbone import models
+    from tlsweep.stages.backbone.source import APPLICATIONS, BackboneSource
     from tlsweep.stages.data import datasets
 
+    source = BackboneSource.of(config.model)
     input_size = datasets.input_size(name=config.data.name, path=config.data.path, image_size=config.data.image_size)
-    models.check_input_size(config.model.name, input_size, received=(
+    source.check_input_size(input_size, received=(
         f"data.image_size={config.data.image_size}" if config.data.image_size is not None else
         f"data.image_size=null, which keeps the {input_size}x{input_size} images of data={config.data.name}"))
     budget, n_rows = memory.machine_memory(), memory.training_rows(config)
     rows = layer_rows(config, input_size, budget=budget, n_rows=n_rows)
     grid = config.features.grid_size
-    headers = ["#", "layer", "output", *(f"grid {grid}x{grid}" if name == "grid" else name for name in POOLINGS),
+    columns = table_poolings(source.shapes_at(input_size).values())
+    headers = ["#", "layer", "output", *(f"grid {grid}x{grid}" if name == "grid" else name for name in columns),
                "fit GiB", "mark"]
     marked = sum(row[-1] == "*" for row in rows)
     chosen = next((row[0] for row in rows if row[1] == config.layer), None)
-    stages = stage_marks(config.model.name, list(config.model.stages))
+    stages = stage_marks(config.model.name, list(config.model.stages),
+                         layers=() if source.kind == APPLICATIONS else [row[1] for row in rows])
     lines = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True).splitlines()
     table = lines[:2]  # the header and its rule, then a row per layer, each stage's followed by its mark
     for row, line in zip(rows, lines[2:]):
@@ -102,6 +141,7 @@ def report(config: TlsweepConfig) -> str:
     return "\n".join([
         f"{config.model.name} at {input_size}x{input_size}: {len(rows)} layers to cut (built without weights)",
         *table,
+        *token_line(config, input_size),
         f"layer={config.layer} is #{chosen}. fit GiB: the flattened features of {n_rows} training images for "
         f"{config.classifier.name} (features.normalize={config.features.normalize}).",
         f"^ {len(stages)} stages (model.stages), each with its layer_depth; see python -m tlsweep.layers --help",

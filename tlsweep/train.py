@@ -15,7 +15,8 @@ import numpy as np
 from tlsweep.config import TlsweepConfig, default_cache_dir
 from tlsweep.scores import Scored, score_features
 from tlsweep.stages.analysis import report
-from tlsweep.stages.backbone import model_stages, models
+from tlsweep.stages.backbone import model_stages
+from tlsweep.stages.backbone.source import BackboneSource
 from tlsweep.stages.data import datasets
 from tlsweep.stages.features import cache, extraction
 from tlsweep.stages.probe import classify
@@ -59,7 +60,8 @@ def _extraction(config: TlsweepConfig, dataset, split, input_size: int, sweep_la
     return dict(dataset=dataset, layer=config.layer, classes=list(split.classes), backbone=config.model.name,
                 weights=config.model.weights, seed=config.seed, input_size=input_size,
                 batch_size=config.model.batch_size, cache_root=cache.ensure_writable(default_cache_dir(config.cache_dir)),
-                sweep_layers=sweep_layers, settings=config.features)
+                sweep_layers=sweep_layers, settings=config.features, preset=config.model.preset,
+                path=config.model.path, preprocess=config.model.preprocess)
 
 
 def score_cut(names: Sequence[str], held_in: Mapping[str, tuple], *, normalize: str, seed: int) -> dict[str, Scored]:
@@ -101,11 +103,13 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers: Sequence[str] = (
     evaluate = functools.partial(report.classification_reports, labels=list(split.classes), names=split.class_names,
                                  title=f"{config.model.name} {config.layer}: ")
     reports, fit, search, scored = _fit_and_evaluate(config, cut=cut, test=test, evaluate=evaluate)
+    backbone = BackboneSource.of(config.model).resolved()  # as the served model finds it, from any folder
     spec = PipelineSpec(backbone=config.model.name, layer=config.layer, input_size=cut.input_size,
                         resize="pillow" if config.data.name == "folder" else "keras",
                         features=dataclasses.asdict(config.features), labels=list(split.classes),
-                        class_names=list(split.class_names), weights=models.resolved_weights(config.model.weights),
-                        seed=config.seed)
+                        class_names=list(split.class_names), weights=backbone.weights, seed=config.seed,
+                        preset=backbone.preset, path=backbone.path, preprocess=backbone.preprocess,
+                        prefix_tokens=train.prefix_tokens)
     first = np.arange(min(2, len(test.y)))  # the input examples: two test images, as the data set holds them
     example_images = dataset.test.images[datasets.class_order(dataset.test, split.classes)[first]]
     return JobResult.of(

@@ -1,6 +1,7 @@
 """Every check that needs only the config, in one step that runs before any store, data or weights are touched.
 
-The cut layer is checked against the backbone's architecture, built without weights (once per process).
+The cut layer is checked against the backbone's architecture, built without weights (once per process); a
+Keras-Hub preset's or a file's default layer and stages are read from it first (`with_backbone_defaults`).
 
 Hydra's schema already rejects unknown keys and wrong types at composition; this checks the values. Each
 error is one line that names the key, the value received and what is allowed. The stages trust what passes.
@@ -19,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from tlsweep.config import TlsweepConfig
 from tlsweep.errors import ConfigError
 from tlsweep.scores import SCORES
-from tlsweep.stages.backbone import models
+from tlsweep.stages.backbone import composite, file, hub, models
+from tlsweep.stages.backbone.source import APPLICATIONS, BackboneSource
 from tlsweep.stages.data import datasets, folder
 from tlsweep.stages.features import pooling
 from tlsweep.stages.probe import classify, memory, probes
@@ -29,29 +31,60 @@ log = logging.getLogger(__name__)
 
 def validate(cfg: DictConfig) -> TlsweepConfig:
     """The config as its typed schema object, once every value is allowed."""
-    config: TlsweepConfig = OmegaConf.to_object(cfg)
+    config: TlsweepConfig = OmegaConf.to_object(with_backbone_defaults(cfg))
     if not 0 <= config.seed < 2**32:  # what numpy, Keras and scikit-learn accept
         raise ConfigError(f"seed should be an integer in [0, 2**32 - 1]; received seed={config.seed}")
-    _model(config)
-    models.check_layer_names(models.architecture_layer_names(config.model.name), [config.layer],
-                             model_name=config.model.name)
+    source = _model(config)
+    models.check_layer_names(source.layer_names(), [config.layer], model_name=config.model.name,
+                             command=source.command)
     input_size = _data(config)
-    models.check_input_size(config.model.name, input_size, received=(
+    source.check_input_size(input_size, received=(
         f"data.image_size={config.data.image_size}" if config.data.image_size is not None else
         f"data.image_size=null, which keeps the {input_size}x{input_size} images of data={config.data.name}"))
     _features(config)
+    _pooling_fits(config, source, input_size)
     _classifier(config)
     _scores(config)
     stale_after_seconds(config.tracking.stale_after)
     return config
 
 
-def _model(config: TlsweepConfig) -> None:
+def with_backbone_defaults(cfg: DictConfig) -> DictConfig:
+    """The config with model=hub's and model=file's model.default_layer (the last cut) and model.stages (the
+    blocks, or the last layer at each resolution) where it leaves them out, read from the architecture built
+    without weights; any other config as it is."""
+    model = cfg.model
+    for key, weights, allowed in (("preset", "preset", hub.ALLOWED), ("path", "file", file.ALLOWED)):
+        if OmegaConf.select(model, "weights") == weights and OmegaConf.select(model, key) is None:
+            raise ConfigError(f"model.{key} should be {allowed} for model={'hub' if key == 'preset' else 'file'}; "
+                              f"received none (add model.{key}=...)")
+    source = BackboneSource(OmegaConf.select(model, "name", default=""), OmegaConf.select(model, "weights"),
+                            OmegaConf.select(model, "preset"), OmegaConf.select(model, "path"),
+                            OmegaConf.select(model, "preprocess"))
+    no_default, no_stages = OmegaConf.is_missing(model, "default_layer"), not OmegaConf.select(model, "stages")
+    if source.kind == APPLICATIONS and no_default:  # model=hub or model=file, and neither a preset nor a path
+        raise ConfigError(f"model.preset should be {hub.ALLOWED} for model=hub (model.path, {file.ALLOWED}, for "
+                          "model=file); received neither")
+    if source.kind == APPLICATIONS or not (no_default or no_stages):
+        return cfg
+    source.check()
+    cfg = cfg.copy()
+    if no_default:
+        cfg.model.default_layer = source.layer_names()[-1]
+    if no_stages:
+        data = cfg.data
+        size = datasets.input_size(name=data.name, path=data.path, image_size=data.image_size)
+        cfg.model.stages = list(source.stages(size))
+    return cfg
+
+
+def _model(config: TlsweepConfig) -> BackboneSource:
     model = config.model
-    if model.name not in models.backbones():
-        raise ConfigError(f"model.name should be one of {list(models.backbones())}; received model.name={model.name!r}")
+    source = BackboneSource.of(model)
+    source.check()
     if not _positive_int(model.batch_size):
         raise ConfigError(f"model.batch_size should be an integer >= 1; received model.batch_size={model.batch_size!r}")
+    return source
 
 
 def _data(config: TlsweepConfig) -> int:
@@ -115,6 +148,21 @@ def _features(config: TlsweepConfig) -> None:
             f"features.normalize should be one of {list(classify.NORMALIZERS)}; received "
             f"features.normalize={spec.normalize!r}"
         )
+
+
+def _pooling_fits(config: TlsweepConfig, source: BackboneSource, input_size: int) -> None:
+    """features.pooling against the kind of cut `layer` is (map, token sequence, vector), a joined cut's parts
+    against each other, and a token sequence's flattened features against memory."""
+    if config.layer == "stages":
+        return
+    parts = composite.parts(config.layer)
+    shape = source.output_shapes()[parts[0]]
+    if composite.is_joined(config.layer):
+        shape = composite.shape(config.layer, source.shapes_at(input_size), model_name=config.model.name)
+    pooling.check_applies(config.features.pooling, shape, prefix_tokens=source.prefix_tokens().get(parts[0], 0),
+                          layer=config.layer, model_name=config.model.name)
+    if pooling.kind_of(shape) == pooling.TOKENS and config.features.pooling == "flatten":
+        check_stage_memory(config, [config.layer])
 
 
 def validate_classes(classes: Sequence[Any], class_names: Sequence[str]) -> None:
@@ -187,13 +235,13 @@ def probe_class(spec) -> type:
 
 
 def check_stage_memory(config: TlsweepConfig, stages: Sequence[str]) -> None:
-    """Before `layer=stages`: refuse, in one line, a stage whose features (as pooled) would not fit a linear
-    probe in this machine's memory; warn when one would take more than half of it."""
+    """Before `layer=stages` (or a token sequence flattened): refuse, in one line, a cut whose features (as
+    pooled) would not fit a linear probe in this machine's memory; warn when one would take more than half of it."""
     input_size = datasets.input_size(name=config.data.name, path=config.data.path, image_size=config.data.image_size)
-    models.check_input_size(config.model.name, input_size)
-    shapes = models.cut_shapes(models.build_backbone(name=config.model.name, weights=None, input_size=input_size,
-                                                     seed=0))
-    models.check_layer_names(list(shapes), stages, model_name=config.model.name)
+    source = BackboneSource.of(config.model)
+    shapes = dict(source.shapes_at(input_size))
+    models.check_layer_names(list(shapes), stages, model_name=config.model.name, command=source.command)
+    shapes.update(composite.joined_shapes(stages, shapes, model_name=config.model.name))
     budget, n_rows, per_value = memory.machine_memory(), memory.training_rows(config), memory.bytes_per_value(config)
     for stage in stages:
         dim = pooling.pooled_dim(shapes[stage], config.features)
@@ -201,13 +249,16 @@ def check_stage_memory(config: TlsweepConfig, stages: Sequence[str]) -> None:
         what = (f"stage {stage} of {config.model.name} gives {dim} features per image at {input_size}x{input_size} "
                 f"with features.pooling={config.features.pooling}: fitting {config.classifier.name} on {n_rows} "
                 f"training images needs about {need / memory.GIB:.1f} GiB")
+        tokens = pooling.kind_of(shapes[stage]) == pooling.TOKENS
+        remedy = ("features.pooling=cls, mean or cls_mean (D or 2 x D features a token sequence)" if tokens else
+                  "features.pooling=grid (features.grid_size=2 bounds each stage to 4 x its channels) or avg")
         if need > budget:
-            raise ConfigError(f"layer=stages cannot fit in memory: {what}, more than this machine's "
-                              f"{budget / memory.GIB:.1f} GiB; set features.pooling=grid (features.grid_size=2 "
-                              "bounds each stage to 4 x its channels) or avg")
+            raise ConfigError(f"{'layer=stages' if len(stages) > 1 or not tokens else f'layer={stage}'} cannot fit "
+                              f"in memory: {what}, more than this machine's {budget / memory.GIB:.1f} GiB; set "
+                              f"{remedy}")
         if need > budget / 2:
-            log.warning("%s, over half of this machine's %.1f GiB; features.pooling=grid bounds it", what,
-                        budget / memory.GIB)
+            log.warning("%s, over half of this machine's %.1f GiB; %s bounds it", what, budget / memory.GIB,
+                        remedy.split(" (")[0] if tokens else "features.pooling=grid")
 
 
 MIN_STALE_AFTER_S = 10.0  # the heartbeat beats a tenth of this: more often would only load the server

@@ -84,8 +84,9 @@ class PipelineModel:
         """The distributions it loads with: Keras and the backend behind it here, and the probe's."""
         import keras
 
-        return (keras.backend.backend(), "keras", "scikit-learn", "numpy", "scipy", "pillow", "joblib", "filelock",
-                "tqdm")
+        hub = ("keras-hub",) if self.pipeline.encoder is not None else ()  # a Keras-Hub preset's image encoder
+        return (keras.backend.backend(), "keras", *hub, "scikit-learn", "numpy", "scipy", "pillow", "joblib",
+                "filelock", "tqdm")
 
 
 @dataclass(frozen=True)

@@ -1,2 +1,4 @@
-"""The backbones: every keras.applications CNN, its preprocessing and cut layers (`models`), and its stages
-(`model_stages`)."""
+"""The backbones: where one comes from (`source`: keras.applications, a Keras-Hub preset, a saved Keras file), the
+keras.applications CNNs and their cut layers (`models`) and stages (`model_stages`), Keras-Hub presets (`hub`) and
+a transformer's blocks as cuts (`blocks`), saved models (`file`), joined cuts (`composite`), and what weights hold
+(`content`)."""

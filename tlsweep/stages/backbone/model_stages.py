@@ -14,7 +14,7 @@ import re
 from types import MappingProxyType
 from typing import Mapping, Optional, Sequence
 
-from tlsweep.stages.backbone import models
+from tlsweep.stages.backbone import composite, models
 
 log = logging.getLogger(__name__)
 
@@ -132,5 +132,7 @@ def layer_depth(name: str, layer: str, *, stages: Optional[Sequence[str]] = None
 
 
 def depth_in(layers: Sequence[str], layer: str, *, last_stage: str) -> float:
-    """`layer_depth` from the cut layers in order (input excluded), as the feature cache records them."""
-    return (list(layers).index(layer) + 1) / (list(layers).index(last_stage) + 1)
+    """`layer_depth` from the cut layers in order (input excluded), as the feature cache records them; a
+    joined cut's is its deepest part's (`composite`)."""
+    deepest = composite.deepest(layer, layers)
+    return (list(layers).index(deepest) + 1) / (list(layers).index(last_stage) + 1)

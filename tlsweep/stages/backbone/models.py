@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import difflib
 import functools
-import hashlib
 import importlib
 import logging
 import re
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from types import MappingProxyType
+from typing import Callable, Mapping, Optional, Sequence
 
 from tlsweep.errors import ConfigError, DataError, FetchError
+from tlsweep.stages.backbone import composite, content
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,19 @@ def construct(name: str, *, seed: Optional[int] = None, **kwargs):
     """The backbone without its classifier, its auto-named layers (activation_3, layer_normalization) named
     the same in every build: Keras numbers unnamed layers from a process-wide counter, which
     `clear_session` resets, so a cut named in the config finds the same layer in every process."""
+    _, constructor = _application(name)
+    fresh_session(seed)
+    return constructor(include_top=False, **kwargs)
+
+
+def fresh_session(seed: Optional[int] = None) -> None:
+    """Reset Keras' counter of unnamed layers (so auto-named layers are named alike in every build), then seed
+    the random init (after the reset, which forgets the seed)."""
     import keras
 
-    _, constructor = _application(name)
     keras.backend.clear_session(free_memory=False)
-    if seed is not None:  # after the reset, which forgets the seed
+    if seed is not None:
         keras.utils.set_random_seed(seed)
-    return constructor(include_top=False, **kwargs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -124,11 +131,7 @@ def weights_fingerprint(weights: Optional[str], seed: int) -> str:
             f"model.weights should be 'imagenet', null or a path to a weights file; "
             f"received model.weights={weights!r}, which does not exist"
         )
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"file-{digest.hexdigest()[:16]}"
+    return f"file-{content.file_sha256(path)[:content.DIGEST_CHARS]}"
 
 
 def resolved_weights(weights: Optional[str]) -> Optional[str]:
@@ -163,44 +166,71 @@ def build_backbone(*, name: str, weights: Optional[str], input_size: int, seed: 
 
 
 @functools.lru_cache(maxsize=None)
+def architecture_cuts(name: str) -> Mapping[str, tuple[Optional[int], ...]]:
+    """Each cut layer of backbone `name` and its output shape per image (None where it follows the input size),
+    from its architecture alone: no weights, no data, no forward pass."""
+    return MappingProxyType(output_shapes(construct(name, weights=None)))
+
+
 def architecture_layer_names(name: str) -> tuple[str, ...]:
     """The cut layers of backbone `name`, from its architecture alone: no weights, no data, no forward pass."""
-    return tuple(cut_layer_names(construct(name, weights=None)))
+    return tuple(architecture_cuts(name))
 
 
 def cut_layer_names(model) -> list[str]:
-    """Every layer a feature can be taken from: all but the input."""
+    """Every layer a feature can be taken from: all but the input, or the cuts a model built for cutting marks."""
     return [layer.name for layer in _cut_layers(model)]
 
 
 def _cut_layers(model) -> list:
-    return [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    """All layers but the input; a model with `Cut` layers (a transformer's blocks: `blocks.tap_model`) is cut
+    at those alone."""
+    marked = [layer for layer in model.layers if type(layer).__name__ == "Cut" and hasattr(layer, "prefix_tokens")]
+    return marked or [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
 
 
 def cut_shapes(model) -> dict[str, tuple[int, ...]]:
-    """Each cut layer's output shape per image: (H, W, C) for a feature map."""
+    """Each cut layer's output shape per image: (H, W, C) for a feature map, (T, D) for a token sequence."""
     return {layer.name: tuple(int(d) for d in layer.output.shape[1:]) for layer in _cut_layers(model)}
 
 
-def validate_layers(model, layers: Sequence[str], *, model_name: str) -> None:
-    check_layer_names(cut_layer_names(model), layers, model_name=model_name)
+def output_shapes(model) -> dict[str, tuple[Optional[int], ...]]:
+    """Each cut layer's output shape per image as built, None where it follows an input size left open."""
+    return {layer.name: tuple(layer.output.shape[1:]) for layer in _cut_layers(model)}
 
 
-def check_layer_names(valid: Sequence[str], layers: Sequence[str], *, model_name: str) -> None:
-    """One line for a layer the backbone lacks: the closest names it has, and the command that lists them all."""
+def cut_prefix_tokens(model) -> dict[str, int]:
+    """The token sequences' cuts and how many tokens come before their patch tokens (class token, registers)."""
+    return {layer.name: layer.prefix_tokens for layer in _cut_layers(model) if getattr(layer, "prefix_tokens", 0)}
+
+
+def validate_layers(model, layers: Sequence[str], *, model_name: str, command: str = "") -> None:
+    check_layer_names(cut_layer_names(model), layers, model_name=model_name, command=command)
+
+
+def check_layer_names(valid: Sequence[str], layers: Sequence[str], *, model_name: str, command: str = "") -> None:
+    """One line for a layer the backbone lacks (each part of a joined cut, `composite`): the closest names it
+    has, and the command that lists them all (`python -m tlsweep.layers` and `command`, model=NAME by default)."""
     valid = list(valid)
-    for layer in layers:
+    for layer in (part for name in layers for part in composite.parts(name)):
         if layer not in valid:
             close = difflib.get_close_matches(str(layer), valid, n=3, cutoff=0.6)
             hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
             raise ConfigError(
                 f"layer should be a layer of {model_name}; received layer={layer!r}; {hint}every layer of "
-                f"{model_name} is listed by: python -m tlsweep.layers model={model_name}"
+                f"{model_name} is listed by: python -m tlsweep.layers {command or f'model={model_name}'}"
             )
 
 
 def multi_output_model(model, layers: Sequence[str]):
-    """One model whose outputs are the given cuts, so one forward pass serves every layer."""
+    """One model whose outputs are the given cuts, so one forward pass serves every layer; a joined cut
+    (`composite`) is its parts' outputs concatenated on the last axis."""
     import keras
 
-    return keras.Model(inputs=model.inputs, outputs=[model.get_layer(layer).output for layer in layers])
+    def output(layer: str):
+        tensors = [model.get_layer(part).output for part in composite.parts(layer)]
+        if len(tensors) == 1:
+            return tensors[0]  # a Keras name holds no "+"
+        return keras.layers.Concatenate(axis=-1, name="joined_" + "__".join(composite.parts(layer)))(tensors)
+
+    return keras.Model(inputs=model.inputs, outputs=[output(layer) for layer in layers])

@@ -1,8 +1,9 @@
 """On-disk feature store: float32 .npy entries, written atomically, checked on every load.
 
 One folder per feature key holds `key.json` (what the features depend on), `layers.json` (the backbone's
-cut layers, input first), `shapes.json` (each cut's map shape, so any pooling can be computed from the
-flattened map) and one entry per (image set, layer, class). Each entry is `<name>.npy` plus a
+cut layers, input first), `shapes.json` (each cut's output shape, H x W x C or T x D, so any pooling can be
+computed from the flattened output; a joined cut's too), `tokens.json` (for a token sequence's cut, the tokens
+before its patch tokens) and one entry per (image set, layer, class). Each entry is `<name>.npy` plus a
 `<name>.json` sidecar holding its shape, dtype and sha256; `<image set>-class<k>-ids.json` names the image
 of each row. An entry counts only when both agree; a torn,
 truncated or corrupt file is logged, removed and recomputed. `FeatureCache` is the only reader and writer
@@ -177,12 +178,16 @@ class FeatureCache:
     def lock(self, image_set: str) -> FileLock:
         return lock(self.folder, image_set)
 
-    def record_layers(self, layers: Sequence[str], shapes: Mapping[str, Sequence[int]]) -> None:
-        """Write the key (once), the backbone's cut layers and their map shapes; cache hits read them unlocked."""
+    def record_layers(self, layers: Sequence[str], shapes: Mapping[str, Sequence[int]],
+                      prefix_tokens: Optional[Mapping[str, int]] = None) -> None:
+        """Write the key (once), the backbone's cut layers, their output shapes and, for token sequences, the
+        tokens before the patch tokens; cache hits read them unlocked."""
         if not (self.folder / "key.json").exists():
             write_json(self.folder / "key.json", self.key)
         write_json(self.folder / "layers.json", list(layers))
         write_json(self.folder / "shapes.json", {name: list(shape) for name, shape in shapes.items()})
+        if prefix_tokens:
+            write_json(self.folder / "tokens.json", dict(prefix_tokens))
 
     def record_ids(self, image_set: str, label: int, ids: Sequence[str]) -> None:
         """The image ids of a class's rows, in row order, beside its entries: which image each row is."""
@@ -199,6 +204,16 @@ class FeatureCache:
         """The cut's output shape per image, (H, W, C) for a map; None where an older entry lacks it."""
         path = self.folder / "shapes.json"
         return json.loads(path.read_text()).get(layer) if path.exists() else None
+
+    def recorded_shapes(self) -> list[str]:
+        """The cuts whose shapes are recorded (the backbone's, and joined cuts extracted before)."""
+        path = self.folder / "shapes.json"
+        return list(json.loads(path.read_text())) if path.exists() else []
+
+    def prefix_tokens(self, layer: str) -> int:
+        """The tokens before a token sequence's patch tokens (its class token, registers); 0 for other cuts."""
+        path = self.folder / "tokens.json"
+        return int(json.loads(path.read_text()).get(layer, 0)) if path.exists() else 0
 
     def clear_unfinished(self, image_set: str) -> None:
         """Remove what a killed extraction left half-written; call it holding the image set's lock."""

@@ -8,12 +8,13 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from tlsweep import console
-from tlsweep.stages.backbone import models
+from tlsweep.stages.backbone import composite, models
+from tlsweep.stages.backbone.source import BackboneSource
 from tlsweep.stages.data.datasets import Dataset, ImageSet
 from tlsweep.config import FeaturesConfig
 from tlsweep.stages.features import cache, pooling
@@ -46,13 +47,14 @@ class Features:
     y: np.ndarray
     weights_id: str
     layer_index: int  # position of the cut in the backbone, input first
-    map_shape: tuple  # the cut's output per image, (H, W, C) for a feature map
+    map_shape: tuple  # the cut's output per image, (H, W, C) for a feature map, (T, D) for a token sequence
     settings: FeaturesConfig = field(default_factory=FeaturesConfig)  # features.pooling and its parameters
     extraction_seconds: float = 0.0
     cnn_images: int = 0  # images that went through the CNN for this call (0 on a warm cache)
     ids: tuple = ()  # each row's image id (data.ImageSet.image_ids), in the same order
     layers: tuple = ()  # the backbone's cut layers, input first (layer_index indexes them)
     cache_folder: str = ""  # where these features are cached (what CKA reads back)
+    prefix_tokens: int = 0  # a token sequence's tokens before its patch tokens (class token, registers)
 
     @property
     def dim(self) -> int:
@@ -78,7 +80,7 @@ class Features:
                 # pages never become part of this process's resident memory
                 block = np.load(part.filename)
                 out[order[lo:hi]] = pooling.pool(block[ordered[lo:hi] - bounds[k]], map_shape=self.map_shape,
-                                                 settings=self.settings)
+                                                 settings=self.settings, prefix_tokens=self.prefix_tokens)
                 del block
         return out
 
@@ -97,12 +99,17 @@ def extract_features(
     cache_root: Path,
     sweep_layers: Sequence[str] = (),
     settings: FeaturesConfig = FeaturesConfig(),
+    preset: Optional[str] = None,
+    path: Optional[str] = None,
+    preprocess: Optional[str] = None,
 ) -> Features:
     """Features of `layer` for `classes`, from the cache or from one pass that fills every sweep layer.
 
-    The cache holds each cut's whole map, flattened, so every pooling is computed from the same entries.
+    The backbone is model.name, weights, preset, path and preprocess, as the config names them (`BackboneSource`).
+    The cache holds each cut's whole output, flattened, so every pooling is computed from the same entries.
     """
-    key = FeatureKey(backbone, models.weights_fingerprint(weights, seed), dataset.fingerprint, input_size)
+    source = BackboneSource(backbone, weights, preset, path, preprocess)
+    key = FeatureKey(backbone, source.fingerprint(seed), dataset.fingerprint, input_size)
     store = key.cache(cache_root)
     start = time.perf_counter()
     found = store.load(image_set, layer, classes)
@@ -111,34 +118,48 @@ def extract_features(
         with store.lock(image_set):
             found = store.load(image_set, layer, classes)  # another process may have filled it
             if found is None:
-                model = models.build_backbone(name=backbone, weights=weights, input_size=input_size, seed=seed)
+                model = source.build(input_size=input_size, seed=seed)
                 valid = models.cut_layer_names(model)
-                models.validate_layers(model, [layer], model_name=backbone)
-                store.record_layers(valid, models.cut_shapes(model))
-                wanted = [name for name in dict.fromkeys([layer, *sweep_layers]) if name in valid]
+                models.validate_layers(model, [layer], model_name=backbone, command=source.command)
+                wanted = [name for name in dict.fromkeys([layer, *sweep_layers])
+                          if all(part in valid for part in composite.parts(name))]
+                _record(store, model, wanted, model_name=backbone)
                 cnn_images = _fill(store=store, images=dataset.image_set(image_set), image_set=image_set,
-                                   layers=wanted, classes=classes, model=model, backbone=backbone,
-                                   input_size=input_size, batch_size=batch_size)
+                                   layers=wanted, classes=classes, model=model,
+                                   preprocess=source.preprocess_fn(input_size), batch_size=batch_size,
+                                   input_size=input_size)
                 found = store.load(image_set, layer, classes)
     map_shape = store.map_shape(layer)
     if map_shape is None:  # an entry cached before map shapes were recorded: the built model knows it
-        model = models.build_backbone(name=backbone, weights=weights, input_size=input_size, seed=seed)
-        store.record_layers(models.cut_layer_names(model), models.cut_shapes(model))
+        _record(store, source.build(input_size=input_size, seed=seed), [layer], model_name=backbone)
         map_shape = store.map_shape(layer)
     y = np.concatenate([np.full(len(part), label, dtype=np.int64) for part, label in zip(found, classes)])
     images = dataset.image_set(image_set)
     ids = tuple(image_id for label in classes for image_id in images.image_ids(images.indices_of(label)))
-    return Features(found, y, key.weights_id, store.layers().index(layer), tuple(map_shape), settings,
-                    time.perf_counter() - start, cnn_images, ids, tuple(store.layers()), str(store.folder))
+    layers = store.layers()
+    return Features(found, y, key.weights_id, layers.index(composite.deepest(layer, layers)), tuple(map_shape),
+                    settings, time.perf_counter() - start, cnn_images, ids, tuple(layers), str(store.folder),
+                    store.prefix_tokens(layer))
+
+
+def _record(store: cache.FeatureCache, model, wanted: Sequence[str], *, model_name: str) -> None:
+    """The backbone's cut layers, their shapes and token prefixes, with those of the joined cuts among `wanted`
+    added to what earlier passes recorded."""
+    shapes, prefix = models.cut_shapes(model), models.cut_prefix_tokens(model)
+    joined = composite.joined_shapes(wanted, shapes, model_name=model_name)
+    joined_prefix = {name: prefix[composite.parts(name)[0]] for name in joined if composite.parts(name)[0] in prefix}
+    earlier = {name: store.map_shape(name) for name in store.recorded_shapes() if composite.is_joined(name)}
+    store.record_layers(models.cut_layer_names(model), {**shapes, **earlier, **joined},
+                        {**{name: store.prefix_tokens(name) for name in earlier if store.prefix_tokens(name)},
+                         **prefix, **joined_prefix})
 
 
 def _fill(*, store: cache.FeatureCache, images: ImageSet, image_set: str, layers: Sequence[str],
-          classes: Sequence[int], model, backbone: str, input_size: int, batch_size: int) -> int:
-    """Run the CNN once over every image of the classes that miss any wanted layer; returns the image count."""
+          classes: Sequence[int], model, preprocess: Callable, input_size: int, batch_size: int) -> int:
+    """Run the backbone once over every image of the classes that miss any wanted layer; returns the image count."""
     layers = [layer for layer in layers if not all(store.has(image_set, layer, label) for label in classes)]
     missing = [label for label in classes if not all(store.has(image_set, layer, label) for layer in layers)]
     extractor = models.multi_output_model(model, layers)
-    preprocess = models.preprocess_fn(backbone)
     dims = [int(np.prod(out.shape[1:])) for out in extractor.outputs]
     per_class = [images.indices_of(label) for label in missing]
     order = np.concatenate(per_class)

@@ -2,9 +2,11 @@
 
 A `ProbePipeline` does to a new image what training did to the images it learnt from: it resizes it the
 same way (Pillow's bilinear resize on load for a folder's images; Keras' batch resize for CIFAR-10 and
-digits), applies the backbone's own `preprocess_input`, runs the cut backbone, pools and flattens the
-map, then normalises and classifies with the fitted probe (a scikit-learn Pipeline). It saves to and loads
-from a folder: `spec.json`, `backbone.keras` (the backbone up to the cut only) and `probe.joblib`.
+digits), preprocesses it as the backbone does (its `preprocess_input`; a Keras-Hub preset's own
+ImageConverter; a file's `model.preprocess`), runs the cut backbone, pools its output, then normalises and
+classifies with the fitted probe (a scikit-learn Pipeline). It saves to and loads from a folder: `spec.json`
+(with a Keras-Hub preset's converter config), the backbone (`backbone.keras`, up to the cut only; a Keras-Hub
+image encoder as a preset folder, `preset/`, cut again on load) and `probe.joblib`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import joblib
 import numpy as np
 
 from tlsweep.errors import DataError
-from tlsweep.stages.backbone import models
+from tlsweep.stages.backbone import hub, models
+from tlsweep.stages.backbone.source import HUB, BackboneSource
 from tlsweep.stages.data.images import resize
 from tlsweep.config import FeaturesConfig
 from tlsweep.stages.features import extraction, pooling
 
-SPEC, BACKBONE, PROBE = "spec.json", "backbone.keras", "probe.joblib"
+SPEC, BACKBONE, PROBE, PRESET = "spec.json", "backbone.keras", "probe.joblib", "preset"
 RESIZES = ("keras", "pillow")  # how training resized: per batch in extraction.forward, or on load in images.decode
 
 
@@ -42,6 +45,15 @@ class PipelineSpec:
     weights: Optional[str] = None  # what built the backbone: "imagenet", null (random init, seeded) or a file
     seed: int = 0
     batch_size: int = 64
+    preset: Optional[str] = None  # model.preset, model.path and model.preprocess, as the run named them
+    path: Optional[str] = None
+    preprocess: Optional[str] = None
+    converter: Optional[dict] = None  # a Keras-Hub preset's ImageConverter, as config
+    prefix_tokens: int = 0  # a token sequence's tokens before its patch tokens
+
+    @property
+    def name(self) -> str:  # what BackboneSource.of reads
+        return self.backbone
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -61,17 +73,30 @@ class PipelineSpec:
 class ProbePipeline:
     """Raw uint8 images (N x H x W x 3, any size) in, class names out."""
 
-    def __init__(self, *, spec: PipelineSpec, extractor, probe):
+    def __init__(self, *, spec: PipelineSpec, extractor, probe, encoder=None):
         self.spec = spec
         self.extractor = extractor  # a keras.Model from the backbone's input to the cut
         self.probe = probe  # normalisation, then the linear classifier
+        self.encoder = encoder  # a Keras-Hub preset's image encoder, which the extractor cuts (saved as a preset)
 
     @classmethod
     def build(cls, *, spec: PipelineSpec, probe) -> "ProbePipeline":
-        """Rebuild the cut backbone from the spec (the same weights: ImageNet, a file, or the seeded init)."""
-        model = models.build_backbone(name=spec.backbone, weights=spec.weights, input_size=spec.input_size,
-                                      seed=spec.seed)
+        """Rebuild the cut backbone from the spec (the same weights: ImageNet, a file, a preset, or the seeded
+        init)."""
+        source = BackboneSource.of(spec)
+        if source.kind == HUB:
+            source.check_input_size(spec.input_size)
+            encoder = hub.load_encoder(spec.preset, weights=spec.weights, input_size=spec.input_size, seed=spec.seed)
+            converter = hub.converter_config(hub.converter(spec.preset, spec.input_size))
+            return cls(spec=dataclasses.replace(spec, converter=converter), extractor=models.multi_output_model(
+                hub.cut_model(encoder), [spec.layer]), probe=probe, encoder=encoder)
+        model = source.build(input_size=spec.input_size, seed=spec.seed)
         return cls(spec=spec, extractor=models.multi_output_model(model, [spec.layer]), probe=probe)
+
+    def _preprocess(self):
+        if self.spec.converter is not None:
+            return hub.preprocess_with(hub.converter_from_config(self.spec.converter))
+        return BackboneSource.of(self.spec).preprocess_fn(self.spec.input_size)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """The probe's input for `images`: resized, preprocessed, cut, pooled (float32, one row per image)."""
@@ -80,13 +105,14 @@ class ProbePipeline:
         if spec.resize == "pillow":
             images = np.stack([resize(image, spec.input_size) for image in images]) if len(images) else \
                 np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
-        preprocess = models.preprocess_fn(spec.backbone)
+        preprocess = self._preprocess()
         map_shape = tuple(int(d) for d in self.extractor.outputs[0].shape[1:])
         rows = []
         for start in range(0, len(images), spec.batch_size):
             (value,) = extraction.forward(self.extractor, preprocess, images[start:start + spec.batch_size],
                                         spec.input_size, spec.batch_size)
-            rows.append(pooling.pool(value.reshape(len(value), -1), map_shape=map_shape, settings=spec.settings))
+            rows.append(pooling.pool(value.reshape(len(value), -1), map_shape=map_shape, settings=spec.settings,
+                                     prefix_tokens=spec.prefix_tokens))
         dim = pooling.pooled_dim(map_shape, spec.settings)
         return np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
 
@@ -101,7 +127,10 @@ class ProbePipeline:
     def save(self, target: Path) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         (target / SPEC).write_text(self.spec.to_json())
-        self.extractor.save(target / BACKBONE)
+        if self.encoder is not None:  # Keras-Hub's inner layers do not each save alone: the encoder saves whole
+            hub.save_encoder(self.encoder, target / PRESET)
+        else:
+            self.extractor.save(target / BACKBONE)
         joblib.dump(self.probe, target / PROBE)
         return target
 
@@ -110,6 +139,10 @@ class ProbePipeline:
         import keras
 
         spec = PipelineSpec.from_dict(json.loads((source / SPEC).read_text()))
+        if (source / PRESET).is_dir():
+            encoder = hub.load_saved_encoder(source / PRESET)
+            return cls(spec=spec, extractor=models.multi_output_model(hub.cut_model(encoder), [spec.layer]),
+                       probe=joblib.load(source / PROBE), encoder=encoder)
         extractor = keras.saving.load_model(source / BACKBONE, compile=False)
         return cls(spec=spec, extractor=extractor, probe=joblib.load(source / PROBE))
 
