@@ -113,6 +113,7 @@ CASES = {
     "cache-under-a-file": (["cache_dir={file}/sub"], ["received cache_dir=", "a-file/sub", "writable folder"]),
     # beyond the list: where users trip next
     "batch-size-zero": (["model.batch_size=0"], ["received model.batch_size=0", ">= 1"]),
+    "precision-unknown": (["model.precision=fp16"], ["received model.precision='fp16'", "'float32', 'bfloat16'"]),
     "seed-negative": (["seed=-1"], ["received seed=-1", "2**32 - 1"]),
     "image-size-too-small": (["data.image_size=8"], ["received data.image_size=8", "at least 32x32"]),
     "image-size-zero": (["data.image_size=0"], ["received data.image_size=0", "positive size"]),

@@ -25,6 +25,8 @@ class ModelConfig:
     weights: Optional[str] = "imagenet"
     default_layer: str = MISSING  # the cut used when `layer` is not given; model=hub and file: their last cut
     batch_size: int = 256  # images per forward pass during extraction
+    # float32, or bfloat16: Keras mixed precision (policy mixed_bfloat16) for the backbone, features cast to float32
+    precision: str = "float32"
     # the layers a researcher would cut at, input to output (stage_layers in tlsweep/stages/model_stages.py);
     # model=hub and file: their blocks, or the last layer at each resolution, when empty
     stages: List[str] = field(default_factory=list)

@@ -39,7 +39,8 @@ DESCRIPTIVE_KEYS = ("model.stages", "model.default_layer", "classifier._target_"
 # keys added after runs were first logged: left out of the hash at their schema default, so a configuration
 # keeps its hash (and `resume=true` finds its earlier runs) across the addition
 ADDED_KEYS = ("features.pooling", "features.grid_size", "features.normalize", "data.train_per_class",
-              "data.test_fraction", "data.skip_bad_images", "model.preset", "model.path", "model.preprocess")
+              "data.test_fraction", "data.skip_bad_images", "model.preset", "model.path", "model.preprocess",
+              "model.precision")
 # keys the hash has always held although they cannot change a result: kept in it so that hashes stay put
 HASHED_DESCRIPTIVE_KEYS = ("model.default_layer", "demo")
 SEED = "seed"  # runs that differ in this alone are repeats of one configuration

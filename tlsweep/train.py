@@ -61,7 +61,7 @@ def _extraction(config: TlsweepConfig, dataset, split, input_size: int, sweep_la
                 weights=config.model.weights, seed=config.seed, input_size=input_size,
                 batch_size=config.model.batch_size, cache_root=cache.ensure_writable(default_cache_dir(config.cache_dir)),
                 sweep_layers=sweep_layers, settings=config.features, preset=config.model.preset,
-                path=config.model.path, preprocess=config.model.preprocess)
+                path=config.model.path, preprocess=config.model.preprocess, precision=config.model.precision)
 
 
 def score_cut(names: Sequence[str], held_in: Mapping[str, tuple], *, normalize: str, seed: int) -> dict[str, Scored]:
@@ -109,7 +109,7 @@ def train_and_evaluate(config: TlsweepConfig, *, sweep_layers: Sequence[str] = (
                         features=dataclasses.asdict(config.features), labels=list(split.classes),
                         class_names=list(split.class_names), weights=backbone.weights, seed=config.seed,
                         preset=backbone.preset, path=backbone.path, preprocess=backbone.preprocess,
-                        prefix_tokens=train.prefix_tokens)
+                        prefix_tokens=train.prefix_tokens, precision=backbone.precision)
     first = np.arange(min(2, len(test.y)))  # the input examples: two test images, as the data set holds them
     example_images = dataset.test.images[datasets.class_order(dataset.test, split.classes)[first]]
     return JobResult.of(

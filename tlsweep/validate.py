@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlsweep.config import TlsweepConfig
 from tlsweep.errors import ConfigError
 from tlsweep.scores import SCORES
-from tlsweep.stages.backbone import composite, file, hub, models
+from tlsweep.stages.backbone import composite, file, hub, models, precision
 from tlsweep.stages.backbone.source import APPLICATIONS, BackboneSource
 from tlsweep.stages.data import datasets, folder
 from tlsweep.stages.features import pooling
@@ -84,6 +84,7 @@ def _model(config: TlsweepConfig) -> BackboneSource:
     source.check()
     if not _positive_int(model.batch_size):
         raise ConfigError(f"model.batch_size should be an integer >= 1; received model.batch_size={model.batch_size!r}")
+    precision.check(model.precision)
     return source
 
 

@@ -104,25 +104,28 @@ def _own(preset: str) -> tuple[bool, int]:
     return _takes_image_shape(backbone), own_size(image_encoder(backbone, preset))
 
 
-def _load(preset: str, *, load_weights: bool, input_size: Optional[int]):
-    """The preset's image encoder, at its own size or at `input_size`; SizeError when it cannot take that size."""
+def _load(preset: str, *, load_weights: bool, input_size: Optional[int], dtype: Optional[str] = None):
+    """The preset's image encoder, at its own size or at `input_size`, in Keras dtype policy `dtype` (None: the
+    preset's own); SizeError when it cannot take that size."""
     keras_hub = _keras_hub(preset)
     takes_shape, size = _own(preset)
+    own_dtype = {} if dtype is None else {"dtype": dtype}
     if input_size is None or input_size == size:
         with _errors(preset):
-            return image_encoder(keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights), preset)
+            return image_encoder(keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights,
+                                                                       **own_dtype), preset)
     if not takes_shape:
         raise OneSizeError(f"its image encoder is built for {size}x{size} images")
     shape = (input_size, input_size, 3)
     if not load_weights:
         try:
-            return image_encoder(keras_hub.models.Backbone.from_preset(preset, load_weights=False, image_shape=shape),
-                                 preset)
+            return image_encoder(keras_hub.models.Backbone.from_preset(preset, load_weights=False, image_shape=shape,
+                                                                       **own_dtype), preset)
         except ValueError as err:  # Keras-Hub's own check of the shape, e.g. a patch size that does not divide it
             raise SizeError(_first_line(err)) from None
     with _errors(preset):
-        return image_encoder(keras_hub.models.Backbone.from_preset(preset, load_weights=True, image_shape=shape),
-                             preset)
+        return image_encoder(keras_hub.models.Backbone.from_preset(preset, load_weights=True, image_shape=shape,
+                                                                   **own_dtype), preset)
 
 
 def own_size(encoder) -> int:
@@ -173,12 +176,13 @@ def check_input_size(preset: str, input_size: int, *, weights: Optional[str], re
                           f"{own[3]}x{own[3]} (its position embeddings fit one size); received {received}")
 
 
-def load_encoder(preset: str, *, weights: Optional[str], input_size: int, seed: int):
+def load_encoder(preset: str, *, weights: Optional[str], input_size: int, seed: int, dtype: Optional[str] = None):
     """The image encoder at `input_size`: the preset's weights, or (weights=None) a random init seeded by `seed`,
-    the same in every process (the seed is set right before the one build)."""
+    the same in every process (the seed is set right before the one build); computing in Keras dtype policy
+    `dtype` (None: the preset's own)."""
     _own(preset)  # first: a build of its own, which would draw from the seeded generator
     models.fresh_session(seed)
-    return _load(preset, load_weights=weights is not None, input_size=input_size)
+    return _load(preset, load_weights=weights is not None, input_size=input_size, dtype=dtype)
 
 
 def converter(preset: str, input_size: int):

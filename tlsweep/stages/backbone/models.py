@@ -64,10 +64,13 @@ def construct(name: str, *, seed: Optional[int] = None, **kwargs):
 
 def fresh_session(seed: Optional[int] = None) -> None:
     """Reset Keras' counter of unnamed layers (so auto-named layers are named alike in every build), then seed
-    the random init (after the reset, which forgets the seed)."""
+    the random init (after the reset, which forgets the seed). The dtype policy the reset also forgets is kept:
+    a backbone built under `precision.policy` computes in it."""
     import keras
 
+    policy = keras.mixed_precision.global_policy()
     keras.backend.clear_session(free_memory=False)
+    keras.mixed_precision.set_global_policy(policy)
     if seed is not None:
         keras.utils.set_random_seed(seed)
 

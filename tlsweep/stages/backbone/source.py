@@ -6,8 +6,9 @@
 
 `BackboneSource` holds the model config's keys and answers, for whichever kind, what the rest of tlsweep
 asks: the model to cut with its weights, its cuts and their shapes without weights, the input sizes it takes,
-its preprocessing, its stages, and its weights' fingerprint. A cut of a transformer is a token sequence, T x D;
-of a CNN a map, H x W x C (`features.pooling` says which poolings fit which).
+its preprocessing, its stages, and its weights' fingerprint; `build` builds it at the precision it names
+(`precision`). A cut of a transformer is a token sequence, T x D; of a CNN a map, H x W x C (`features.pooling`
+says which poolings fit which).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from tlsweep.errors import ConfigError
-from tlsweep.stages.backbone import models
+from tlsweep.stages.backbone import models, precision as precisions
 
 APPLICATIONS, HUB, FILE = "applications", "hub", "file"
 HUB_WEIGHTS, FILE_WEIGHTS = "preset", "file"  # model.weights for the preset's own weights, and the file's
@@ -39,19 +40,21 @@ def display_name(source: Optional[str], *, fallback: str) -> str:
 
 @dataclass(frozen=True)
 class BackboneSource:
-    """The model config's keys that say which backbone, with which weights and preprocessing."""
+    """The model config's keys that say which backbone, with which weights and preprocessing, computing at which
+    precision."""
 
     name: str
     weights: Optional[str] = "imagenet"
     preset: Optional[str] = None
     path: Optional[str] = None
     preprocess: Optional[str] = None
+    precision: str = precisions.FLOAT32  # model.precision: what `build` computes in
 
     @classmethod
     def of(cls, model) -> "BackboneSource":
         """From anything with the model config's keys (`ModelConfig`, a pipeline's spec)."""
         return cls(model.name, model.weights, getattr(model, "preset", None), getattr(model, "path", None),
-                   getattr(model, "preprocess", None))
+                   getattr(model, "preprocess", None), getattr(model, "precision", precisions.FLOAT32))
 
     @property
     def kind(self) -> str:
@@ -95,7 +98,8 @@ class BackboneSource:
 
         return BackboneSource(self.name, models.resolved_weights(self.weights) if self.kind == APPLICATIONS
                               else self.weights, hub.resolved(self.preset) if self.preset else None,
-                              str(Path(self.path).expanduser().resolve()) if self.path else None, self.preprocess)
+                              str(Path(self.path).expanduser().resolve()) if self.path else None, self.preprocess,
+                              self.precision)
 
     def fingerprint(self, seed: int) -> str:
         """The weights by content (or the seed of a random init): what cache keys and resume compare."""
@@ -108,15 +112,29 @@ class BackboneSource:
         return models.weights_fingerprint(self.weights, seed)
 
     def build(self, *, input_size: int, seed: int):
-        """The model to cut, with its weights, at `input_size`."""
+        """The model to cut, with its weights, at `input_size`, its layers computing at `precision`."""
+        with precisions.policy(self.precision):
+            model = self._build(input_size=input_size, seed=seed)
+        precisions.check_applied(model, self.precision, what=self.command)
+        return model
+
+    def load_encoder(self, *, input_size: int, seed: int):
+        """A Keras-Hub preset's image encoder, with its weights, at `input_size` and `precision` (its config
+        names its own dtype, which a Keras dtype policy does not override; float32 keeps the preset's own)."""
+        from tlsweep.stages.backbone import hub
+
+        return hub.load_encoder(self.preset, weights=self.weights, input_size=input_size, seed=seed,
+                                dtype=None if self.precision == precisions.FLOAT32 else
+                                precisions.POLICIES[self.precision])
+
+    def _build(self, *, input_size: int, seed: int):
         from tlsweep.stages.backbone import file, hub
 
         if self.kind == HUB:
             self.check_input_size(input_size)
-            return hub.cut_model(hub.load_encoder(self.preset, weights=self.weights, input_size=input_size,
-                                                  seed=seed))
+            return hub.cut_model(self.load_encoder(input_size=input_size, seed=seed))
         if self.kind == FILE:
-            return file.build(self.path, input_size=input_size)
+            return precisions.recast(file.build(self.path, input_size=input_size), self.precision)
         return models.build_backbone(name=self.name, weights=self.weights, input_size=input_size, seed=seed)
 
     def output_shapes(self) -> Mapping[str, tuple]:

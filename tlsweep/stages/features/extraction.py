@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from tlsweep import console
-from tlsweep.stages.backbone import composite, models
+from tlsweep.stages.backbone import composite, models, precision as precisions
 from tlsweep.stages.backbone.source import BackboneSource
 from tlsweep.stages.data.datasets import Dataset, ImageSet
 from tlsweep.config import FeaturesConfig
@@ -23,15 +23,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FeatureKey:
-    """What decides a feature value: backbone, weights, the images and their input size."""
+    """What decides a feature value: backbone, weights, the images, their input size and the precision the
+    backbone computes in."""
 
     backbone: str
     weights_id: str
     data_fingerprint: str
     input_size: int
+    precision: str = precisions.FLOAT32
 
     def cache(self, root: Path) -> cache.FeatureCache:
-        return cache.FeatureCache(root, dataclasses.asdict(self), label=self.backbone)
+        """The entries of this key; float32's key leaves the precision out, so caches written before it existed
+        stay found, and bfloat16's never share them."""
+        key = dataclasses.asdict(self)
+        if self.precision == precisions.FLOAT32:
+            del key["precision"]
+        return cache.FeatureCache(root, key, label=self.backbone)
 
 
 @dataclass
@@ -102,14 +109,16 @@ def extract_features(
     preset: Optional[str] = None,
     path: Optional[str] = None,
     preprocess: Optional[str] = None,
+    precision: str = precisions.FLOAT32,
 ) -> Features:
     """Features of `layer` for `classes`, from the cache or from one pass that fills every sweep layer.
 
-    The backbone is model.name, weights, preset, path and preprocess, as the config names them (`BackboneSource`).
+    The backbone is model.name, weights, preset, path, preprocess and precision, as the config names them
+    (`BackboneSource`).
     The cache holds each cut's whole output, flattened, so every pooling is computed from the same entries.
     """
-    source = BackboneSource(backbone, weights, preset, path, preprocess)
-    key = FeatureKey(backbone, source.fingerprint(seed), dataset.fingerprint, input_size)
+    source = BackboneSource(backbone, weights, preset, path, preprocess, precision)
+    key = FeatureKey(backbone, source.fingerprint(seed), dataset.fingerprint, input_size, precision)
     store = key.cache(cache_root)
     start = time.perf_counter()
     found = store.load(image_set, layer, classes)
@@ -190,7 +199,8 @@ def _fill(*, store: cache.FeatureCache, images: ImageSet, image_set: str, layers
 
 
 def forward(extractor, preprocess, batch: np.ndarray, input_size: int, batch_size: int) -> list[np.ndarray]:
-    """Preprocess one batch and run it; pads to a fixed batch so the compiled graph is reused."""
+    """Preprocess one batch and run it; pads to a fixed batch so the compiled graph is reused. The outputs are
+    float32 whatever the backbone computes in (bfloat16 under model.precision=bfloat16)."""
     import keras
 
     n = len(batch)
@@ -203,4 +213,4 @@ def forward(extractor, preprocess, batch: np.ndarray, input_size: int, batch_siz
     outputs = extractor.predict_on_batch(x)
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
-    return [np.asarray(keras.ops.convert_to_numpy(out))[:n] for out in outputs]
+    return [np.asarray(keras.ops.convert_to_numpy(out)[:n], dtype=np.float32) for out in outputs]

@@ -21,7 +21,7 @@ import joblib
 import numpy as np
 
 from tlsweep.errors import DataError
-from tlsweep.stages.backbone import hub, models
+from tlsweep.stages.backbone import hub, models, precision as precisions
 from tlsweep.stages.backbone.source import HUB, BackboneSource
 from tlsweep.stages.data.images import resize
 from tlsweep.config import FeaturesConfig
@@ -50,6 +50,7 @@ class PipelineSpec:
     preprocess: Optional[str] = None
     converter: Optional[dict] = None  # a Keras-Hub preset's ImageConverter, as config
     prefix_tokens: int = 0  # a token sequence's tokens before its patch tokens
+    precision: str = precisions.FLOAT32  # model.precision: what the backbone computes in (a spec saved before it: float32)
 
     @property
     def name(self) -> str:  # what BackboneSource.of reads
@@ -82,11 +83,11 @@ class ProbePipeline:
     @classmethod
     def build(cls, *, spec: PipelineSpec, probe) -> "ProbePipeline":
         """Rebuild the cut backbone from the spec (the same weights: ImageNet, a file, a preset, or the seeded
-        init)."""
+        init; the same precision)."""
         source = BackboneSource.of(spec)
         if source.kind == HUB:
             source.check_input_size(spec.input_size)
-            encoder = hub.load_encoder(spec.preset, weights=spec.weights, input_size=spec.input_size, seed=spec.seed)
+            encoder = source.load_encoder(input_size=spec.input_size, seed=spec.seed)
             converter = hub.converter_config(hub.converter(spec.preset, spec.input_size))
             return cls(spec=dataclasses.replace(spec, converter=converter), extractor=models.multi_output_model(
                 hub.cut_model(encoder), [spec.layer]), probe=probe, encoder=encoder)
