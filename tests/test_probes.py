@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 from sklearn.linear_model import RidgeClassifier
+from sklearn.svm import LinearSVC
 
 from tlsweep.errors import ConfigError
 from tlsweep.stages.features import pooling
@@ -34,7 +35,7 @@ def test_a_target_that_is_not_a_probe_is_one_line_naming_the_registry(compose):
     with pytest.raises(ConfigError) as raised:
         validate(compose(["classifier._target_=sklearn.svm.LinearSVC", "model.weights=null"]))
     assert "classifier._target_ should name a probe class" in str(raised.value)
-    assert "linear_svc|lbfgs_svc|logreg|ridge" in str(raised.value)
+    assert f"classifier={'|'.join(probes.PROBES)})" in str(raised.value) and "line_search_svc" in probes.PROBES
     with pytest.raises(ConfigError, match=r"classifier.name should be 'ridge' for classifier._target_="):
         validate(compose(["classifier=ridge", "classifier.name=linear_svc", "model.weights=null"]))
 
@@ -52,6 +53,25 @@ def test_ridge_is_scikit_learns_ridge_classifier_with_C_as_the_svms_have_it():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak <= probe.bytes_per_value * X.size + (1 << 20)  # within its declared memory, plus 1 MiB
+
+
+def test_line_search_svc_fits_liblinears_problem_within_its_declared_memory(compose):
+    config = validate(compose(["classifier=line_search_svc", "model.weights=null"]))
+    probe = classify.probe_for(config.classifier, seed=0)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 6, 4000)
+    X = np.maximum(rng.standard_normal((4000, 600), dtype=np.float32), 0)  # half zero, as after a ReLU
+    X[:, :6] += 0.7 * np.eye(6, dtype=np.float32)[y]
+    train, test = slice(0, 3000), slice(3000, None)
+    estimator = classify.make_classifier(probe=probe, C=0.1)
+    tracemalloc.start()
+    estimator.fit(X[train], y[train])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert type(estimator[-1]).__name__ == "NewtonLineSearchSVC" and estimator[-1].coef_.dtype == np.float32
+    assert peak <= (probe.bytes_per_value - 4) * X[train].size  # beyond the features themselves
+    reference = LinearSVC(C=0.1, random_state=0).fit(X[train], y[train])
+    assert np.mean(estimator.predict(X[test]) == reference.predict(X[test])) >= 0.99
 
 
 def test_ridge_chooses_C_on_validation_like_any_probe():

@@ -40,7 +40,7 @@ def _val_accuracy(name, loss, C, normalize, digits_split) -> float:
 
 
 @pytest.mark.parametrize("name, loss", [("linear_svc", "squared_hinge"), ("lbfgs_svc", "squared_hinge"),
-                                        ("logreg", "log_loss")])
+                                        ("line_search_svc", "squared_hinge"), ("logreg", "log_loss")])
 def test_coarse_to_fine_search_picks_a_C_as_good_on_val_as_the_whole_grid(digits_split, name, loss):
     X_train, y_train, X_val, y_val = digits_split
     grid = _default_C_grid()

@@ -25,7 +25,8 @@ The estimate is rows x features x bytes per value. Rows are the training images 
 classes (all of them, before the val split, since C=auto refits on train+val; with data.train_per_class,
 k per class plus the val share). Bytes per value are what the fit holds, as measured in the README's
 Performance section: 28 for linear_svc (the float32 features, scikit-learn's float64 copy and liblinear's
-16-byte node per value), 4 for lbfgs_svc and logreg (they fit on the float32 features), plus 4 when
+16-byte node per value), 4 for lbfgs_svc and logreg (they fit on the float32 features), 9 for
+line_search_svc (the features and up to 1.2 times their size in row copies or Gram matrices), plus 4 when
 features.normalize copies them. The budget is the machine's physical memory, or its cgroup limit when
 lower. For a marked layer, pool it (features.pooling=avg), cut later, or use classifier=lbfgs_svc.
 """

@@ -64,6 +64,8 @@ class NewtonSVC(OneVsRestLinear):
     float64 one would not.
     """
 
+    _method = "trust-region Newton"
+
     def __init__(self, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4, warm_start: bool = False):
         self.C = C
         self.max_iter = max_iter
@@ -82,18 +84,22 @@ class NewtonSVC(OneVsRestLinear):
             start = np.vstack([self.coef_.T, self.intercept_[None, :]]).astype(np.float64)
         positives = (Y > 0).sum(axis=0)
         eps = self.tol * np.maximum(np.minimum(positives, len(y) - positives), 1) / len(y)
-        W, iters, stops = trust_region_newton(X, Y, C=float(self.C), W=start, eps=eps, max_iter=self.max_iter)
+        W, iters, stops = self._solve(X, Y, W=start, eps=eps)
         self.classes_ = classes
         self.coef_ = W[:-1].T.astype(X.dtype)
         self.intercept_ = W[-1].astype(X.dtype)
         self.n_iter_ = np.array([iters.max()])
         if np.any(stops != CONVERGED):
-            warnings.warn(_not_converged(stops, iters, classes if len(classes) > 2 else classes[1:]),
+            warnings.warn(_not_converged(self._method, stops, iters, classes if len(classes) > 2 else classes[1:]),
                           ConvergenceWarning)
         return self
 
+    def _solve(self, X, Y, *, W, eps):
+        """W, the iterations and the stop reason of each class, from the start W (None: w = 0)."""
+        return trust_region_newton(X, Y, C=float(self.C), W=W, eps=eps, max_iter=self.max_iter)
 
-def _not_converged(stops: np.ndarray, iters: np.ndarray, classes: np.ndarray) -> str:
+
+def _not_converged(method: str, stops: np.ndarray, iters: np.ndarray, classes: np.ndarray) -> str:
     """One line: which classes stopped short of tol after how many iterations, why, and what to do."""
     parts = []
     for reason, advice in ADVICE.items():
@@ -101,7 +107,7 @@ def _not_converged(stops: np.ndarray, iters: np.ndarray, classes: np.ndarray) ->
         if len(which):
             named = ", ".join(f"{classes[i]} ({iters[i]} iterations)" for i in which[:5])
             parts.append(f"class {named}{' and others' if len(which) > 5 else ''}: {advice}")
-    return f"trust-region Newton did not converge for {np.sum(stops != CONVERGED)} of {len(stops)} " \
+    return f"{method} did not converge for {np.sum(stops != CONVERGED)} of {len(stops)} " \
            f"one-vs-rest problems; " + "; ".join(parts)
 
 
@@ -185,15 +191,19 @@ def trust_region_newton(X: np.ndarray, Y: np.ndarray, *, C: float, W: np.ndarray
             stops[active & stop] = reason
             active &= ~stop
     if X.dtype != np.float64:  # the verdict in float64: float32 rounding must not pass for convergence
-        gnorm, gnorm0 = _float64_gradient_norms(X, Y, W, C)
+        gnorm, gnorm0 = float64_gradient_norms(X, Y, W, C)
         stops[(stops == CONVERGED) & ~(gnorm <= eps * gnorm0)] = PRECISION
     return W, iters, stops
 
 
-def _float64_gradient_norms(X: np.ndarray, Y: np.ndarray, W: np.ndarray, C: float,
-                            rows: int = 1 << 21) -> tuple[np.ndarray, np.ndarray]:
-    """The gradient norms at W and at w = 0 of every class, in float64, a block of about `rows` values at a time."""
-    step = max(1, rows // max(X.shape[1], 1))
+def float64_gradient_norms(X: np.ndarray, Y: np.ndarray, W: np.ndarray, C: float,
+                           values: int = 1 << 21) -> tuple[np.ndarray, np.ndarray]:
+    """The gradient norms at W and at w = 0 of every class, in float64.
+
+    X is converted a block at a time: at most `values` values and a sixteenth of the rows, so the float64
+    block stays under an eighth of a float32 X's memory.
+    """
+    step = max(1, min(values // max(X.shape[1], 1), -(-X.shape[0] // 16)))
     at_w, at_zero = W.copy(), np.zeros_like(W)
     for start in range(0, X.shape[0], step):
         block, labels = X[start:start + step].astype(np.float64), Y[start:start + step].astype(np.float64)

@@ -90,6 +90,26 @@ class LbfgsSVCProbe(Probe):
 
 
 @dataclass(frozen=True)
+class LineSearchSVCProbe(Probe):
+    name: ClassVar[str] = "line_search_svc"
+    losses: ClassVar[tuple[str, ...]] = ("squared_hinge",)
+    # the float32 features, and at most 1.2 times their size again: support rows copied or a Gram matrix,
+    # with the threads' buffers (peak measured in docs/performance.md)
+    bytes_per_value: ClassVar[int] = 4 + 5
+    warm_starts: ClassVar[bool] = True
+    about: ClassVar[str] = ("LinearSVC's squared-hinge problem by line-search Newton over the support rows, "
+                            "float32 in place, on every core BLAS uses")
+
+    def estimator(self, C: float, warm_start: bool = False):
+        from tlsweep.stages.probe.line_search_svc import NewtonLineSearchSVC
+
+        return NewtonLineSearchSVC(C=C, max_iter=self.max_iter, tol=self.tol, warm_start=warm_start)
+
+    def search_estimator(self, C: float):
+        return self.estimator(C, warm_start=True)
+
+
+@dataclass(frozen=True)
 class LogRegProbe(Probe):
     name: ClassVar[str] = "logreg"
     losses: ClassVar[tuple[str, ...]] = ("log_loss",)
