@@ -172,6 +172,25 @@ def experiment_runs():
 
 
 @pytest.fixture(scope="session")
+def sweep_runs():
+    """`sweep_runs(uri)`: (client, the one sweep's parent, its children by start time) in the store at `uri`."""
+
+    def runs(uri: str) -> tuple:
+        from mlflow.tracking import MlflowClient
+
+        from tlsweep.tracking.names import Kind, Tag
+
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("tlsweep").experiment_id
+        (parent,) = client.search_runs([experiment], f"tags.`{Tag.KIND}` = '{Kind.SWEEP}'")
+        children = client.search_runs([experiment], f"tags.`{Tag.PARENT}` = '{parent.info.run_id}'",
+                                      order_by=["attributes.start_time ASC"])
+        return client, parent, children
+
+    return runs
+
+
+@pytest.fixture(scope="session")
 def extract():
     """`extract(dataset, cache_root, layer="block5_pool", classes=(4, 5, 6), sweep_layers=(), image_set="train")`:
     features of a random-init (seed 0) VGG16 at 32x32, batches of 8, through the cache at cache_root."""

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from tlsweep.tracking.names import Metric, Param, Status, Tag
 
 
+@pytest.mark.slow  # a whole job on a second backend
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install -e '.[jax]')")
 def test_one_run_end_to_end_on_the_jax_backend(isolated, cifar_dir, cli, tiny, experiment_runs):
     result = cli("layer=block3_pool", f"data.path={cifar_dir}", *tiny, cwd=isolated,

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
 from tlsweep.tracking.names import Artifact, Metric, Param, Status
 
@@ -16,7 +15,7 @@ MODELS = ("vgg16", "mobilenet_v2")
 
 
 @pytest.fixture(scope="module")
-def stage_sweep(tmp_path_factory, cifar_writer, cli, tiny):
+def stage_sweep(tmp_path_factory, cifar_writer, cli, tiny, sweep_runs):
     """`-m model=vgg16,mobilenet_v2 layer=stages` on tiny CIFAR-10 files: (client, parent, children)."""
     work = tmp_path_factory.mktemp("depth")
     data = cifar_writer(work / "data")
@@ -24,11 +23,7 @@ def stage_sweep(tmp_path_factory, cifar_writer, cli, tiny):
     result = cli("-m", f"model={','.join(MODELS)}", "layer=stages", f"data.path={data}", "data.classes=[4,5,6]",
                  *tiny, cwd=work, env={"MLFLOW_TRACKING_URI": uri, "TLSWEEP_CACHE_DIR": str(work / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("tlsweep").experiment_id
-    (parent,) = client.search_runs([experiment], "tags.`tlsweep.kind` = 'sweep'")
-    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  order_by=["attributes.start_time ASC"])
+    client, parent, children = sweep_runs(uri)
     return client, parent, children
 
 

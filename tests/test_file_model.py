@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from tlsweep import layers
 from tlsweep.errors import ConfigError, DataError
@@ -106,7 +105,7 @@ def test_the_weights_fingerprint_is_the_files_content(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def file_sweep(tmp_path_factory, image_folder_writer, cli):
+def file_sweep(tmp_path_factory, image_folder_writer, cli, sweep_runs):
     """`-m model=file layer=pool1,pool2,gap` on a folder of images: (client, parent, children, images, file)."""
     work = tmp_path_factory.mktemp("file")
     path = _save_cnn(work / "model")
@@ -116,11 +115,7 @@ def file_sweep(tmp_path_factory, image_folder_writer, cli):
                  "data=folder", f"data.path={root}", "model.batch_size=16", "data.val_fraction=0.25", cwd=work,
                  env={"MLFLOW_TRACKING_URI": uri, "TLSWEEP_CACHE_DIR": str(work / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("tlsweep").experiment_id
-    (parent,) = client.search_runs([experiment], "tags.`tlsweep.kind` = 'sweep'")
-    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  order_by=["attributes.start_time ASC"])
+    client, parent, children = sweep_runs(uri)
     return client, parent, children, root, path
 
 

@@ -199,7 +199,7 @@ def test_the_named_configs_need_no_download_to_compose(compose):
 
 
 @pytest.fixture(scope="module")
-def hub_sweep(tmp_path_factory, hub_presets, image_folder_writer, cli):
+def hub_sweep(tmp_path_factory, hub_presets, image_folder_writer, cli, sweep_runs):
     """`-m model=hub layer=stages,block0+block1 features.pooling=cls_mean` on a folder: (client, parent, children,
     image folder)."""
     work = tmp_path_factory.mktemp("hub")
@@ -211,11 +211,7 @@ def hub_sweep(tmp_path_factory, hub_presets, image_folder_writer, cli):
                  env={"MLFLOW_TRACKING_URI": uri, "TLSWEEP_CACHE_DIR": str(work / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr[-3000:]
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("tlsweep").experiment_id
-    (parent,) = client.search_runs([experiment], "tags.`tlsweep.kind` = 'sweep'")
-    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  order_by=["attributes.start_time ASC"])
+    client, parent, children = sweep_runs(uri)
     return client, parent, children, root
 
 

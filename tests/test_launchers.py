@@ -18,7 +18,8 @@ IMAGES = 60 + 24  # train + test images of the tiny CIFAR-10 files, classes 4-9
     "layers, launcher",
     [
         (["block4_pool", "block5_pool"], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),  # both at once
-        (["block4_pool", "block5_pool"], ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]),
+        pytest.param(["block4_pool", "block5_pool"], ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+                     marks=pytest.mark.slow),  # the same path as joblib's, through submitit's own processes
     ],
     ids=["joblib", "submitit_local"],
 )

@@ -68,7 +68,7 @@ def postgres_cluster(port: int):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.slow), "postgresql"])  # tests/test_ui.py serves SQLite
 def tracking_server(request, tmp_path, free_port, mlflow_server):
     """(url, artifacts folder) of a running server backed by the store named by the parameter."""
     folder = tmp_path / "server"
