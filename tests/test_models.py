@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tlsweep.tracking.names import Artifact, Param, Tag
+from tlsweep.tracking.names import Artifact, Metric, Param, Tag
 
 KINDS = (("png", "RGB"), ("jpg", "L"), ("bmp", "RGB"), ("gif", "P"), ("png", "RGBA"))
 SIZES = ((32, 32), (40, 28), (24, 36))
@@ -82,6 +82,17 @@ def test_the_parents_model_predicts_from_raw_images_of_any_size_what_the_best_ru
     example = json.loads(Path(mlflow.artifacts.download_artifacts(
         f"runs:/{parent.info.run_id}/model/serving_input_example.json")).read_text())
     assert np.asarray(example["inputs"]).dtype.kind in "iu" and np.asarray(example["inputs"]).shape[-1] == 3
+
+
+def test_the_parents_model_carries_its_runs_accuracies_and_datasets_and_the_parent_no_val_accuracy(folder_sweep):
+    _, client, parent, _ = folder_sweep
+    best = client.get_run(parent.data.tags[Tag.BEST_RUN_ID])
+    (output,) = client.get_run(parent.info.run_id).outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    linked = {m.key: (m.value, m.dataset_name) for m in model.metrics}
+    assert linked == {Metric.pipeline(split): (best.data.metrics[Metric.accuracy(split)], f"folder {split}")
+                      for split in ("val", "test")}
+    assert Metric.accuracy("val") not in parent.data.metrics  # the runs table sorts it after its jobs
 
 
 def test_each_job_logs_its_probe_as_a_scikit_learn_model_with_signature_and_example(folder_sweep, monkeypatch):

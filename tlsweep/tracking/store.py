@@ -28,13 +28,11 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 
-
 from tlsweep.errors import ConfigError
 from tlsweep.redact import redact, redact_mapping
 from tlsweep.stages.probe.pipeline import PipelineSpec
 from tlsweep.tracking import connection
-from tlsweep.tracking.names import SPLITS, Status
-from tlsweep.tracking.names import Metric as MetricName
+from tlsweep.tracking.names import SPLITS, Metric as MetricName, Status
 from tlsweep.tracking.payload import DatasetRecord, Payload, PipelineModel, ProbeModel, requirements, write_files
 from tlsweep.tracking.stored import StoredRun
 
@@ -130,8 +128,7 @@ class Store:
                 models[name] = self.client.create_logged_model(self.experiment_of(run_id), name=name,
                                                                source_run_id=run_id).model_id
         linked = _linked_metrics(next(iter(models.values()), None), payload.inputs)
-        metrics = [Metric(key, float(value), now, 0, **linked.get(key.removeprefix(MetricName.PIPELINE_PREFIX), {}))
-                   for key, value in payload.metrics.items()]
+        metrics = [Metric(key, float(value), now, 0, **linked.get(key, {})) for key, value in payload.metrics.items()]
         metrics += [Metric(key, float(value), now, step) for key, values in payload.series.items()
                     for step, value in enumerate(values)]
         if payload.params or metrics or payload.tags:
@@ -255,12 +252,13 @@ class Store:
 
 
 def _linked_metrics(model_id: Optional[str], inputs) -> dict[str, dict]:
-    """{accuracy metric of a split: the model and that split's dataset it is linked to}."""
+    """{accuracy metric of a split (a job's `val_accuracy`, a parent's `pipeline/val_accuracy`): the model and
+    that split's dataset it is linked to}."""
     if model_id is None:
         return {}
-    return {MetricName.accuracy(item.context): {"model_id": model_id, "dataset_name": item.name,
-                                                "dataset_digest": item.digest[:36]}
-            for item in inputs if item.context in SPLITS}
+    return {key: {"model_id": model_id, "dataset_name": item.name, "dataset_digest": item.digest[:36]}
+            for item in inputs if item.context in SPLITS
+            for key in (MetricName.accuracy(item.context), MetricName.pipeline(item.context))}
 
 
 def _stored(run) -> StoredRun:
