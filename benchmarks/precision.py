@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.run import HERE, machine, table, write_results
+from benchmarks.run import HERE, machine, scratch, table, write_results
 
 LAYERS = ("block3_pool", "block4_pool", "block5_pool")
 PRECISIONS = ("float32", "bfloat16")
@@ -142,17 +140,13 @@ def main() -> None:
 
     from tlsweep.stages.backbone import precision
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=args.out, prefix="precision-"))
-    try:
+    with scratch(args.out, "precision-") as work:
         results = {"machine": machine(), "keras_backend": keras.backend.backend(),
                    "bf16_hardware": precision.hardware_gap() or "native (AVX512_BF16, AMX or BF16 found)",
                    "throughput": [throughput(args.images, 32, 256)]}
         if args.images_224:
             results["throughput"].append(throughput(args.images_224, 224, 16))
         results["accuracy"] = accuracy(work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     write_results(args.out, "precision", results, report(results))
 
 

@@ -22,11 +22,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from tabulate import tabulate
 
@@ -125,6 +127,17 @@ def write_results(out: Path, stem: str, results: dict, text: str) -> None:
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str))
     (out / f"{stem}.md").write_text(text)
     print(text)
+
+
+@contextmanager
+def scratch(out: Path, prefix: str) -> Iterator[Path]:
+    """A throwaway folder under `out` (created if need be), removed when the block ends, however it ends."""
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out, prefix=prefix))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def fresh(folder: Path) -> Path:

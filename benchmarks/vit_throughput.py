@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.run import HERE, machine, table, write_results
+from benchmarks.run import HERE, machine, scratch, table, write_results
 
 SIZE, PATCH, BLOCKS, WIDTH, HEADS, MLP = 224, 16, 12, 768, 12, 3072  # ViT-B/16
 CLASSES = 2
@@ -134,12 +133,8 @@ def main() -> None:
     from tlsweep import console
 
     console.start_backend_quietly()
-    args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=args.out, prefix="vit-"))
-    try:
+    with scratch(args.out, "vit-") as work:
         results = measure(args.images, args.batch_size, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     write_results(args.out, "vit_throughput", results, report(results))
 
 
