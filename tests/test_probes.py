@@ -17,7 +17,7 @@ from sklearn.svm import LinearSVC
 from tlsweep.errors import ConfigError
 from tlsweep.stages.features import pooling
 from tlsweep.stages.probe import classify, probes
-from tlsweep.tracking.names import Metric, Param, Status
+from tlsweep.tracking.names import Metric, Param, Status, Tag
 from tlsweep.validate import validate
 
 
@@ -105,3 +105,22 @@ def test_the_help_page_and_the_docs_list_every_registry_entry(project_root):
     reference = (project_root / "docs" / "configuration.md").read_text()
     for name in [*probes.PROBES, *pooling.POOLINGS]:
         assert f"`{name}`" in reference, name
+
+
+@pytest.mark.parametrize("classifier, estimator", [("line_search_svc", "NewtonLineSearchSVC"), ("lbfgs_svc", "LbfgsSVC")])
+def test_tlsweeps_own_probes_log_a_probe_model_that_loads_back(isolated, cifar_dir, compose, tiny, experiment_runs,
+                                                               classifier, estimator):
+    import mlflow.sklearn
+
+    from tlsweep.job import run
+    from tlsweep.tracking.names import Artifact
+
+    # MLflow saves scikit-learn models with skops, which refuses types it is not told to trust
+    run(compose([*tiny, f"data.path={cifar_dir}", f"classifier={classifier}", "layer=block5_pool",
+                 "data.classes=[4,5,6]"]))
+    (logged,) = experiment_runs(MlflowClient())
+    assert logged.info.status == Status.FINISHED, logged.data.tags.get(Tag.ERROR)
+    probe = mlflow.sklearn.load_model(f"runs:/{logged.info.run_id}/{Artifact.PROBE_MODEL}")
+    assert type(probe[-1]).__name__ == estimator
+    rows = np.random.default_rng(0).random((5, int(logged.data.params[Param.FEATURE_DIM])), dtype=np.float32)
+    assert set(probe.predict(rows)) <= {4, 5, 6}

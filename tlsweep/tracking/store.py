@@ -1,14 +1,13 @@
 """One MLflow tracking store, reached through one client bound to its URI.
 
-Nothing here sets MLflow's process-wide tracking URI or active run: a store is an object, so a process (or
-a test) can hold several and none leaks into the next. A server is probed before use, and the first
-process to touch a new SQLite file creates its schema under a file lock while the others wait.
+Nothing here sets MLflow's process-wide tracking URI or active run: a store is an object, so a process (or a
+test) can hold several. A server is probed before use; a new SQLite file's schema is made under a file lock.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-import logging
 import tempfile
 import time
 from contextlib import contextmanager
@@ -36,10 +35,7 @@ from tlsweep.tracking.names import SPLITS, Metric as MetricName, Status
 from tlsweep.tracking.payload import DatasetRecord, Payload, PipelineModel, ProbeModel, requirements, write_files
 from tlsweep.tracking.stored import StoredRun
 
-log = logging.getLogger(__name__)
-
-SEARCH_LIMIT = 50000
-DATASET_ATTEMPTS = 3
+SEARCH_LIMIT, DATASET_ATTEMPTS = 50000, 3
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 DATASET_CONTEXT = "mlflow.data.context"  # MLflow's input tag: train, val or test
 FINISHED, FAILED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
@@ -285,11 +281,13 @@ def save_model(target: Path, model: ProbeModel | PipelineModel) -> None:
             extra = [Path(folder) / SPEC_FILE, Path(folder) / EXAMPLE_FILE]
             extra[0].write_text(model.spec.to_json())
             np.save(extra[1], model.example_images)
-            ours = type(model.estimator[-1]).__module__.startswith("tlsweep")  # LbfgsSVC is tlsweep's
+            probe, skops = type(model.estimator[-1]), "skops_trusted_types"
+            ours = {"code_paths": [str(PACKAGE)]} if probe.__module__.startswith("tlsweep") else {}  # LbfgsSVC's
+            if ours and skops in inspect.signature(mlflow.sklearn.save_model).parameters:  # MLflow's skops format
+                ours[skops] = [f"{probe.__module__}.{probe.__qualname__}"]  # loads only the types it is told to trust
             mlflow.sklearn.save_model(model.estimator, str(target), signature=signature, input_example=rows,
                                       pip_requirements=requirements(*model.requirements),
-                                      code_paths=[str(PACKAGE)] if ours else None,
-                                      extra_files=[str(path) for path in extra])
+                                      extra_files=[str(path) for path in extra], **ours)
             return
         signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
                                    outputs=Schema([ColSpec("string")]))
