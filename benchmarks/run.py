@@ -185,6 +185,8 @@ SIX_STEPS = {
     "cold": Step("tlsweep_cold", lambda six: six.sweep([], "tlsweep_cold")),
     "one_pass": Step("one_pass", lambda six: six.reference("one_pass")),
     "warm": Step("tlsweep_warm", lambda six: six.sweep(["classifier.C=0.01,0.03,0.1"], "tlsweep_warm"), ("cold",)),
+    "warm_line_search": Step("tlsweep_warm_line_search", lambda six: six.sweep(
+        ["classifier=line_search_svc", "classifier.C=0.01,0.03,0.1"], "tlsweep_warm_line_search"), ("cold",)),
     "throughput": Step("throughput", throughput),
 }
 
@@ -249,7 +251,8 @@ def table(rows: list[dict], floatfmt: str = ".1f") -> list[str]:
 
 # result key in results["six"]: its row label in the six-class table
 SIX_RUNS = {"seed_style": "seed-style script (3 cut models)", "tlsweep_cold": "tlsweep cold, 3 cuts",
-            "one_pass": "hand-written one pass", "tlsweep_warm": "tlsweep warm, 3 cuts x 3 C"}
+            "one_pass": "hand-written one pass", "tlsweep_warm": "tlsweep warm, 3 cuts x 3 C",
+            "tlsweep_warm_line_search": "tlsweep warm, 3 cuts x 3 C, classifier=line_search_svc"}
 # throughput key prefix: its row label
 EXTRACTIONS = {"predict_block5_pool": "`predict`, block5_pool cut, warm",
                "predict_three_outputs_cold": "`predict`, 3-output model, first call",
@@ -278,6 +281,10 @@ def report(results: dict) -> str:
         lines.append(f"- warm sweep: {len(warm['runs'])} runs, cnn_forward_images per run "
                      f"{sorted({int(r['cnn_forward_images']) for r in warm['runs']})} (read back from MLflow)"
                      + (f", cold sweep total {int(cold['cnn_forward_images'])}" if cold else ""))
+    fast = six.get("tlsweep_warm_line_search")
+    if warm and fast:
+        lines.append(f"- warm sweep, liblinear / line_search_svc: end to end "
+                     f"**{warm['total_s'] / fast['total_s']:.2f}x**, fits {warm['fit_s'] / fast['fit_s']:.2f}x")
     tp = six.get("throughput")
     if tp:
         best = max(tp["matmul_gflops"].values())
