@@ -83,8 +83,9 @@ def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_i
     (folder,) = [p for p in (isolated / "cache").iterdir() if p.is_dir() and p.name != "hydra"]
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*"))
     entries = sorted(p.stem for p in folder.glob("*.npy"))
-    assert entries == sorted(p.stem for p in folder.glob("*.json")
-                             if p.stem not in ("key", "layers", "shapes") and not p.stem.endswith("-ids"))
+    assert entries == sorted(p.stem for p in folder.glob("*.json") if p.stem not in ("key", "layers", "shapes")
+                             and not p.stem.endswith("-ids") and not p.stem.startswith("score-"))
+    assert len(list(folder.glob("score-*.json"))) == len(LAYERS) * 2  # LogME and k-NN of each cut, beside it
     assert len(list(folder.glob("*-ids.json"))) == 2 * 6  # each class's image ids, beside its entries
     assert len(entries) == 2 * len(LAYERS) * 6  # train and test, three cuts, six classes
 

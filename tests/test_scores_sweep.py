@@ -39,6 +39,33 @@ def test_a_job_logs_each_score_on_the_features_its_probe_sees(isolated, cifar_di
         knn_accuracy(normalizer.transform(X), y, normalizer.transform(X_val), y_val))
 
 
+def test_a_cut_is_scored_once_whatever_the_probe_and_its_record_stays_honest(isolated, cifar_dir, compose, tiny,
+                                                                              experiment_runs):
+    """Scores depend on the features and rows, not on C: the second job reads them back from the feature cache
+    (tagged, and timed as the read); other rows or another normalisation, or a damaged record, score again."""
+    from tlsweep.job import run
+
+    base = [*tiny, f"data.path={cifar_dir}", "layer=block5_pool", "data.classes=[4,5,6]", "scores=[logme,knn]"]
+    for overrides in (["classifier.C=0.1"], ["classifier.C=0.01"], ["features.normalize=l2"]):
+        run(compose([*base, *overrides]))
+    first, again, other = sorted(experiment_runs(MlflowClient()), key=lambda found: found.info.start_time)
+    assert Tag.SCORES_CACHED not in first.data.tags and again.data.tags[Tag.SCORES_CACHED] == "logme,knn"
+    for metric in ("logme", "knn_accuracy"):
+        assert again.data.metrics[Metric.score(metric)] == first.data.metrics[Metric.score(metric)]
+    assert again.data.params[Param.C] != first.data.params[Param.C]
+    assert Tag.SCORES_CACHED not in other.data.tags  # l2-normalised features are other features
+    assert other.data.metrics[Metric.score("logme")] != first.data.metrics[Metric.score("logme")]
+
+    records = sorted(Path(first.data.tags[Tag.FEATURES_CACHE]).glob("score-*.json"))
+    assert len(records) == 4  # two scores, two normalisations
+    for record in records:
+        record.write_text("{not json")
+    run(compose([*base, "classifier.C=1.0"]))
+    latest = max(experiment_runs(MlflowClient()), key=lambda found: found.info.start_time)
+    assert latest.info.status == Status.FINISHED and Tag.SCORES_CACHED not in latest.data.tags
+    assert latest.data.metrics[Metric.score("logme")] == pytest.approx(first.data.metrics[Metric.score("logme")])
+
+
 def test_scores_empty_logs_none(isolated, cifar_dir, compose, tiny, experiment_runs):
     from tlsweep.job import run
 
@@ -91,6 +118,9 @@ def test_prescreen_fits_the_k_best_stages_of_each_model_and_lists_the_rest(presc
         left_out = [run for run in runs if run.data.tags[Tag.PRESCREEN] == Tag.PRESCREEN_SKIPPED]
         assert len(fitted) == 2 and len(left_out) == len(runs) - 2
         assert all(Metric.accuracy("test") in run.data.metrics for run in fitted)
+        # a kept stage's scores are the prescreen's, computed once: its cost is the run's, nothing read back
+        assert not any(Tag.SCORES_CACHED in run.data.tags for run in runs)
+        assert all(run.data.metrics[Metric.score_seconds("logme")] > 0 for run in fitted)
         assert not any(Metric.accuracy("val") in run.data.metrics for run in left_out)
         assert all(run.info.status == Status.FINISHED for run in runs)
         by_logme = sorted(runs, key=lambda run: -run.data.metrics[Metric.score("logme")])

@@ -224,10 +224,11 @@ def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = 
                 return reused
         result = train.train_and_evaluate(config, sweep_layers=extract_ahead, dataset=dataset)
         work_seconds = result.work_seconds  # the prescreen's CNN pass ran before `started`
-        if spec.prescored is not None:  # the CNN pass that scored it is this run's too
+        if spec.prescored is not None:  # the CNN pass and the scoring that ranked it are this run's too
             result = dataclasses.replace(
                 result, cnn_forward_images=result.cnn_forward_images + spec.prescored.cnn_forward_images,
-                extraction_seconds=result.extraction_seconds + spec.prescored.extraction_seconds)
+                extraction_seconds=result.extraction_seconds + spec.prescored.extraction_seconds,
+                scores={name: spec.prescored.scores.get(name, scored) for name, scored in result.scores.items()})
     except BaseException as err:
         runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(spec),
                      payload=dataclasses.replace(record, error=err).payload(), started=started,

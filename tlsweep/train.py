@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from tlsweep.config import TlsweepConfig, default_cache_dir
-from tlsweep.scores import Scored, score_features
+from tlsweep.scores import MAX_ROWS, Scored, score_features
 from tlsweep.stages.analysis import report
 from tlsweep.stages.backbone import model_stages
 from tlsweep.stages.backbone.source import BackboneSource
@@ -23,6 +25,8 @@ from tlsweep.stages.probe import classify
 from tlsweep.stages.probe.pipeline import PipelineSpec, ProbePipeline
 from tlsweep.tracking.payload import PipelineModel, ProbeModel
 from tlsweep.tracking.record import CutScores, JobResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,16 +68,58 @@ def _extraction(config: TlsweepConfig, dataset, split, input_size: int, sweep_la
                 path=config.model.path, preprocess=config.model.preprocess, precision=config.model.precision)
 
 
-def score_cut(names: Sequence[str], held_in: Mapping[str, tuple], *, normalize: str, seed: int) -> dict[str, Scored]:
+SCORE_RECORD_VERSION = 1  # raise it when a score's definition changes, so recorded values are not reused
+
+
+def score_cut(config: TlsweepConfig, names: Sequence[str], cut: Cut,
+              held_in: Optional[Mapping[str, tuple]] = None) -> dict[str, Scored]:
     """The transferability scores `names`, on the features as the probe sees them (pooled, and normalised as
-    configured, with statistics from the train rows): LogME and GBC on train, k-NN from train to val."""
-    if not names:
-        return {}
-    (X, y), (X_val, y_val) = held_in["train"], held_in["val"]
-    normalizer = classify.make_normalizer(normalize)
-    if normalizer != "passthrough":
-        X, X_val = normalizer.fit_transform(X), normalizer.transform(X_val)
-    return score_features(names, X, y, X_val, y_val, seed=seed)
+    configured, with statistics from the train rows): LogME and GBC on train, k-NN from train to val.
+
+    A score depends on the features and the rows, not on the probe: one recorded in the feature cache for the
+    same cut, classes, split, normalisation and seed is read back (`Scored.cached`), so a sweep over C or probes
+    scores each cut once. `held_in` (`Cut.held_in`) is gathered here when a score must be computed and it is
+    not given.
+    """
+    store = _score_store(cut) if names else None
+    key = dict(version=SCORE_RECORD_VERSION, layer=config.layer, features=dataclasses.asdict(config.features),
+               classes=[int(c) for c in cut.split.classes], split=cut.split.digest, data=cut.dataset.fingerprint,
+               weights=cut.train.weights_id, seed=config.seed, max_rows=MAX_ROWS)
+    found: dict[str, Scored] = {}
+    for name in names:
+        start = time.perf_counter()
+        value = store.score({**key, "score": name}) if store is not None else None
+        if value is not None:
+            found[name] = Scored(value, time.perf_counter() - start, cached=True)
+    missing = [name for name in names if name not in found]
+    if missing:
+        held_in = held_in or cut.held_in()
+        (X, y), (X_val, y_val) = held_in["train"], held_in["val"]
+        normalizer = classify.make_normalizer(config.features.normalize)
+        if normalizer != "passthrough":
+            X, X_val = normalizer.fit_transform(X), normalizer.transform(X_val)
+        for name, scored in score_features(missing, X, y, X_val, y_val, seed=config.seed).items():
+            found[name] = scored
+            if store is not None:
+                _record(store, {**key, "score": name}, scored.value)
+    return {name: found[name] for name in names if name in found}
+
+
+def _score_store(cut: Cut) -> Optional[cache.FeatureCache]:
+    """The feature cache entries the cut was read from, where its scores are kept; None without one."""
+    try:
+        return cache.FeatureCache.at(Path(cut.train.cache_folder)) if cut.train.cache_folder else None
+    except (OSError, ValueError) as err:
+        log.warning("scores not read from or recorded in %s (%s)", cut.train.cache_folder, err)
+        return None
+
+
+def _record(store: cache.FeatureCache, key: dict, value: float) -> None:
+    """Keep a score for later jobs; a cache that cannot be written costs them the recomputation, not this job."""
+    try:
+        store.record_score(key, value)
+    except OSError as err:
+        log.warning("score %s not recorded in %s (%s); later jobs compute it again", key["score"], store.folder, err)
 
 
 def _depth(config: TlsweepConfig, train: extraction.Features) -> Optional[float]:
@@ -86,7 +132,7 @@ def score_only(config: TlsweepConfig, names: Sequence[str], *, sweep_layers: Seq
                dataset: Optional[datasets.Dataset] = None) -> CutScores:
     """A cut scored without fitting a probe: what prescreen=K ranks stages by, and logs for those it leaves out."""
     cut = cut_features(config, sweep_layers=sweep_layers, dataset=dataset)
-    scored = score_cut(names, cut.held_in(), normalize=config.features.normalize, seed=config.seed)
+    scored = score_cut(config, names, cut)
     return CutScores.of(dataset=cut.dataset, split=cut.split, train=cut.train, scores=scored,
                         layer_depth=_depth(config, cut.train))
 
@@ -136,7 +182,7 @@ def _fit_and_evaluate(config: TlsweepConfig, *, cut: Cut, test: extraction.Featu
     spec = config.classifier
     probe = classify.probe_for(spec, seed=config.seed)
     held_in = cut.held_in()
-    scored = score_cut(config.scores, held_in, normalize=config.features.normalize, seed=config.seed)
+    scored = score_cut(config, config.scores, cut, held_in)
     test_split = {"test": (test.X, test.y)}
     if spec.C != classify.AUTO:
         fit = classify.fit_classifier(

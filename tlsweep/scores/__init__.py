@@ -91,10 +91,11 @@ MAX_ROWS = 10000  # train rows a job scores (a seeded subsample beyond): LogME's
 
 @dataclass(frozen=True)
 class Scored:
-    """One score of a cut's features: its value, and what it cost."""
+    """One score of a cut's features: its value, and what it cost this job."""
 
     value: float
     seconds: float
+    cached: bool = False  # read back from the feature cache, where an earlier job recorded it; seconds: the read
 
 
 def score_features(names: Sequence[str], train_X: np.ndarray, train_y: np.ndarray, val_X: np.ndarray,

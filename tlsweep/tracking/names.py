@@ -55,6 +55,7 @@ class Tag:
     WEIGHTS_FINGERPRINT = "weights.fingerprint"
     SPLIT_DIGEST = "split.digest"  # the train, val (and few-shot) row indices, hashed
     FEATURES_CACHE = "features.cache"  # the feature cache folder the job read: what the parent's CKA reads again
+    SCORES_CACHED = "scores.cached"  # the scores (comma-separated names) read from that folder, not computed
     BEST_LAYER = "best.layer"  # on a parent: the layer whose best configuration has the best mean val accuracy
     BEST_RUN_ID = "best.run_id"  # on a parent: that configuration's run with the best val accuracy
     SWEEP_OVERRIDES = "sweep.overrides"

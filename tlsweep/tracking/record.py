@@ -178,9 +178,11 @@ def _cut_metrics(cut: Union[JobResult, CutScores]) -> dict[str, float]:
 
 
 def _cut_tags(cut: Union[JobResult, CutScores]) -> dict[str, str]:
+    cached = [name for name, scored in cut.scores.items() if scored.cached]
     return {Tag.DATA_FINGERPRINT: cut.data_fingerprint, Tag.WEIGHTS_FINGERPRINT: cut.weights_fingerprint,
             Tag.SPLIT_DIGEST: cut.split_digest, Tag.CLASS_NAMES: json.dumps(list(cut.class_names), ensure_ascii=False),
-            **({Tag.FEATURES_CACHE: cut.cache_folder} if cut.cache_folder else {})}
+            **({Tag.FEATURES_CACHE: cut.cache_folder} if cut.cache_folder else {}),
+            **({Tag.SCORES_CACHED: ",".join(cached)} if cached else {})}
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ cut layers, input first), `shapes.json` (each cut's output shape, H x W x C or T
 computed from the flattened output; a joined cut's too), `tokens.json` (for a token sequence's cut, the tokens
 before its patch tokens) and one entry per (image set, layer, class). Each entry is `<name>.npy` plus a
 `<name>.json` sidecar holding its shape, dtype and sha256; `<image set>-class<k>-ids.json` names the image
-of each row. An entry counts only when both agree; a torn,
-truncated or corrupt file is logged, removed and recomputed. `FeatureCache` is the only reader and writer
-of this layout.
+of each row, and `score-<hash>.json` a transferability score of the features with what else it depends on
+(one that does not read back is computed again). An entry counts only when both agree; a torn, truncated or
+corrupt file is logged, removed and recomputed. `FeatureCache` is the only reader and writer of this layout.
 """
 
 from __future__ import annotations
@@ -214,6 +214,22 @@ class FeatureCache:
         """The tokens before a token sequence's patch tokens (its class token, registers); 0 for other cuts."""
         path = self.folder / "tokens.json"
         return int(json.loads(path.read_text()).get(layer, 0)) if path.exists() else 0
+
+    def _score_path(self, key: Mapping[str, Any]) -> Path:
+        return self.folder / f"score-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.json"
+
+    def score(self, key: Mapping[str, Any]) -> Optional[float]:
+        """A score recorded for these features under `key` (the score, the rows, the normalisation), or None
+        when there is none, or the file is unreadable or holds another key."""
+        try:
+            found = json.loads(self._score_path(key).read_text())
+            return float(found["value"]) if found.get("key") == json.loads(json.dumps(key)) else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def record_score(self, key: Mapping[str, Any], value: float) -> None:
+        """Keep a score beside the features it was computed from, written by rename (`write_json`)."""
+        write_json(self._score_path(key), {"key": dict(key), "value": float(value)})
 
     def clear_unfinished(self, image_set: str) -> None:
         """Remove what a killed extraction left half-written; call it holding the image set's lock."""
