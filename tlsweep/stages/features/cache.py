@@ -5,9 +5,9 @@ cut layers, input first), `shapes.json` (each cut's output shape, H x W x C or T
 computed from the flattened output; a joined cut's too), `tokens.json` (for a token sequence's cut, the tokens
 before its patch tokens) and one entry per (image set, layer, class). Each entry is `<name>.npy` plus a
 `<name>.json` sidecar holding its shape, dtype and sha256; `<image set>-class<k>-ids.json` names the image
-of each row, and `score-<hash>.json` a transferability score of the features with what else it depends on
-(one that does not read back is computed again). An entry counts only when both agree; a torn, truncated or
-corrupt file is logged, removed and recomputed. `FeatureCache` is the only reader and writer of this layout.
+of each row. An entry counts only when both agree; a torn, truncated or corrupt file is logged, removed and
+recomputed. `score-<hash>.json` holds a transferability score of the features with what else it depends on
+(one that does not read back is computed again). `FeatureCache` is the only reader and writer of this layout.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def ensure_writable(root: Path) -> Path:
             f"cache_dir should be a writable folder; received cache_dir={str(root)!r} ({err.strerror or err})"
         ) from None
     return root
+
+
+def key_digest(key: Mapping[str, Any]) -> str:
+    """A short hash of what an entry depends on: names its folder, or its file."""
+    return hashlib.sha256(json.dumps(dict(key), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def file_sha256(path: Path) -> str:
@@ -127,9 +132,8 @@ class FeatureCache:
     """The entries of one feature key, under `root`: what `features` reads, writes, locks and cleans."""
 
     def __init__(self, root: Path, key: Mapping[str, Any], *, label: str):
-        text = json.dumps(dict(key), sort_keys=True)
         self.key = dict(key)
-        self.folder = root / f"{label}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        self.folder = root / f"{label}-{key_digest(key)}"
 
     @classmethod
     def at(cls, folder: Path) -> "FeatureCache":
@@ -216,7 +220,7 @@ class FeatureCache:
         return int(json.loads(path.read_text()).get(layer, 0)) if path.exists() else 0
 
     def _score_path(self, key: Mapping[str, Any]) -> Path:
-        return self.folder / f"score-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.json"
+        return self.folder / f"score-{key_digest(key)}.json"
 
     def score(self, key: Mapping[str, Any]) -> Optional[float]:
         """A score recorded for these features under `key` (the score, the rows, the normalisation), or None
