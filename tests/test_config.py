@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -103,6 +105,27 @@ def test_tracking_uri_and_cache_dir_are_absolute(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert default_cache_dir(None) == tmp_path.resolve() / ".cache" / "tlsweep"
     assert default_cache_dir("rel/cache").is_absolute()
+
+
+def test_an_empty_variable_counts_as_unset_and_a_users_library_setting_wins(tmp_path, monkeypatch):
+    from tlsweep import environment
+    from tlsweep.sweep import context
+
+    monkeypatch.setenv("TLSWEEP_CACHE_DIR", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_RUN_ID", "")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    assert default_cache_dir(None) == tmp_path.resolve() / "tlsweep"
+    assert context.outer_run_id() is None
+    assert default_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0123abcd")
+    assert context.outer_run_id() == "0123abcd"
+    # library settings: tlsweep's default only where the user set none
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+    environment.set_library_defaults()
+    assert environment.read().native_logs
+    assert (os.environ["TF_CPP_MIN_LOG_LEVEL"], os.environ["MLFLOW_LOGGING_LEVEL"]) == ("0", "WARNING")
 
 
 def test_the_original_studys_config_keeps_the_hash_its_runs_were_logged_with(compose):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -10,6 +9,8 @@ from typing import Any, List, Optional
 import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+from tlsweep import environment
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the clone, where tlsweep runs from one (git.commit)
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # the Hydra config, inside the package: a wheel ships it
@@ -146,7 +147,7 @@ def register_configs() -> None:
 
 def default_tracking_uri(uri: Optional[str], cwd: Path) -> str:
     """An absolute tracking URI: the configured one, $MLFLOW_TRACKING_URI, or ./mlflow.db."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = uri or environment.read().tracking_uri
     if uri:
         return uri
     return f"sqlite:///{(cwd / 'mlflow.db').resolve().as_posix()}"
@@ -154,8 +155,9 @@ def default_tracking_uri(uri: Optional[str], cwd: Path) -> str:
 
 def default_cache_dir(cache_dir: Optional[str]) -> Path:
     """An absolute cache folder: the configured one, $TLSWEEP_CACHE_DIR, or ~/.cache/tlsweep."""
-    chosen = cache_dir or os.environ.get("TLSWEEP_CACHE_DIR")
+    found = environment.read()
+    chosen = cache_dir or found.cache_dir
     if not chosen:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        base = found.xdg_cache_home or Path.home() / ".cache"
         chosen = Path(base) / "tlsweep"
     return Path(chosen).expanduser().resolve()

@@ -18,17 +18,14 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from tlsweep import environment
 from tlsweep.redact import redact
 
-# TensorFlow's C++ INFO lines (oneDNN notices, CUDA probing) bury tlsweep's own log; warnings and errors still
-# show. A user's own setting wins, and TF_CPP_MIN_LOG_LEVEL=0 also shows the start-up lines that
-# `quiet_native_startup` otherwise holds back. Every command imports this module before Keras.
-SHOW_NATIVE_LOGS = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-# MLflow draws a progress bar for every artifact copy, several per logged model, and says at INFO what it
-# checks as it logs a model; a user's setting wins
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+# TensorFlow's and MLflow's own settings get tlsweep's defaults (`environment.LIBRARY_DEFAULTS`) where the user
+# set none. Every command imports this module before Keras. TF_CPP_MIN_LOG_LEVEL=0, as the user set it, also
+# shows the start-up lines that `quiet_native_startup` otherwise holds back.
+SHOW_NATIVE_LOGS = environment.read().native_logs
+environment.set_library_defaults()
 
 
 def one_line_warnings() -> None:

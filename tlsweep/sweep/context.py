@@ -5,18 +5,17 @@ job, under every launcher (basic, joblib, submitit, Ray), and calls its `on_job_
 process just before the task function; there the callback hands the context over (`hand_over`), and the
 task function takes it (`received`). A single run (no `-m`) receives none.
 
-The one value that comes from outside is the run `mlflow run` opens for this process (MLFLOW_RUN_ID).
-This module is where it is read, so no other module looks at the environment for sweep state.
+The one value that comes from outside is the run `mlflow run` opens for this process (MLFLOW_RUN_ID, read
+through `tlsweep.environment`). This module is where a job asks for it, so none looks at the environment for
+sweep state.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-# `mlflow run` sets this for the command it starts (mlflow.projects); tlsweep logs into that run
-MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"
+from tlsweep import environment
 
 
 @dataclass(frozen=True)
@@ -51,4 +50,4 @@ def received() -> Optional[SweepContext]:
 
 def outer_run_id() -> Optional[str]:
     """The run `mlflow run` opened for this process, if any: a single run logs into it, a sweep parents it."""
-    return os.environ.get(MLFLOW_RUN_ENV) or None
+    return environment.read().outer_run_id
