@@ -9,6 +9,7 @@ session-scoped, so module- and session-scoped fixtures in test files can use the
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -124,9 +125,18 @@ def cli_in_background():
 
     def start(*args: str, cwd: Path, until: str, timeout: float = 300) -> tuple[subprocess.Popen, Path]:
         log_path = cwd / "background.log"
-        with open(log_path, "w") as log:
-            process = subprocess.Popen([sys.executable, "-m", "tlsweep", *args], cwd=cwd, stdout=log,
-                                       stderr=subprocess.STDOUT)
+        # a shell starts a background job (`pytest ... &`) with Ctrl-C ignored, and a child inherits that; the
+        # child gets the terminal's Ctrl-C, whatever way pytest was started
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        if ignored:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with open(log_path, "w") as log:
+                process = subprocess.Popen([sys.executable, "-m", "tlsweep", *args], cwd=cwd, stdout=log,
+                                           stderr=subprocess.STDOUT)
+        finally:
+            if ignored:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
         deadline = time.monotonic() + timeout
         while until not in log_path.read_text():
             if process.poll() is not None or time.monotonic() > deadline:
