@@ -26,7 +26,6 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -93,24 +92,27 @@ def sweep_children(workdir: Path) -> list[dict]:
     return [{"layer": r.data.params[Param.LAYER], "C": float(r.data.params[Param.C]), "status": r.info.status,
              **{k: r.data.metrics.get(k) for k in (Metric.CNN_FORWARD_IMAGES, Metric.EXTRACTION_SECONDS,
                                                    Metric.FIT_SECONDS, Metric.TOTAL_SECONDS, Metric.accuracy("test"),
-                                                   Metric.CONVERGED)}}
+                                                   Metric.CONVERGED, Metric.OVERHEAD_SECONDS)}}
             for r in children]
 
 
-def startup_seconds(result: dict) -> float:
-    """Process start to Hydra launching the first job: imports, config, MLflow store and parent run."""
-    for line in result["stdout"].splitlines():
-        if "][HYDRA] \t#0 : " in line:
-            stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
-            return stamp.timestamp() - result["started"]
-    return math.nan
+def sweep_startup(workdir: Path) -> float:
+    """The `startup_seconds` the newest sweep in `workdir`'s MLflow store logged on its parent: from the process's
+    start to its jobs handed to the launcher."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tlsweep")
+    parents = client.search_runs([experiment.experiment_id], f"tags.`{Tag.KIND}` = '{Kind.SWEEP}'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    return parents[0].data.metrics.get(Metric.STARTUP_SECONDS, math.nan)
 
 
-def split(result: dict, children: list[dict]) -> dict:
+def split(result: dict, children: list[dict], startup: float) -> dict:
     extraction = sum(c["extraction_seconds"] for c in children)
     fits = sum(c["fit_seconds"] for c in children)
     return {"total_s": result["wall_s"], "extraction_s": extraction, "fit_s": fits,
-            "overhead_s": result["wall_s"] - extraction - fits, "startup_s": startup_seconds(result),
+            "overhead_s": result["wall_s"] - extraction - fits, "startup_s": startup,
             "peak_rss_bytes": result["peak_rss_bytes"],
             "cnn_forward_images": sum(c["cnn_forward_images"] for c in children), "runs": children}
 
@@ -165,7 +167,7 @@ class SixClass:
     def sweep(self, overrides: list[str], name: str) -> dict:
         run = tlsweep(["-m", f"layer={','.join(LAYERS)}", *overrides], workdir=self.work, data_path=self.data_path,
                       name=name, out=self.out)
-        return split(run, sweep_children(self.work))
+        return split(run, sweep_children(self.work), sweep_startup(self.work))
 
 
 def throughput(six: SixClass) -> dict:
@@ -215,12 +217,12 @@ def ten_class(data_path: Path, out: Path, max_iter: int) -> dict:
     results = {}
     sweep = tlsweep(["-m", f"layer={','.join(LAYERS)}", f"data.classes={TEN}", f"classifier.max_iter={max_iter}"],
                     workdir=work, data_path=data_path, name="ten_three_cuts", out=out)
-    results["three_cuts"] = split(sweep, sweep_children(work))
+    results["three_cuts"] = split(sweep, sweep_children(work), sweep_startup(work))
     for classifier in ("linear_svc", "lbfgs_svc"):
         run = tlsweep(["-m", "layer=block2_pool", f"data.classes={TEN}", f"classifier.max_iter={max_iter}",
                        f"classifier.name={classifier}"], workdir=work, data_path=data_path,
                       name=f"ten_block2_pool_{classifier}", out=out)
-        results[f"block2_pool_{classifier}"] = split(run, sweep_children(work))
+        results[f"block2_pool_{classifier}"] = split(run, sweep_children(work), sweep_startup(work))
     copies = {}
     for layer in ("block2_pool", *LAYERS):
         for estimator in ("linear_svc", "lbfgs_svc"):
@@ -260,13 +262,21 @@ EXTRACTIONS = {"predict_block5_pool": "`predict`, block5_pool cut, warm",
                "tlsweep_extraction": "tlsweep `extract_features`, 3 cuts, cold cache"}
 
 
+def job_overheads(runs: list[dict]) -> dict:
+    """`overhead_seconds` of a sweep's first job, and the range over the others (nan for a script)."""
+    seconds = [run.get(Metric.OVERHEAD_SECONDS) for run in runs]
+    first, others = (seconds[-1], seconds[:-1]) if seconds and None not in seconds else (math.nan, [])  # newest first
+    return {"job overhead s, first": f"{first:.2f}",
+            "others": f"{min(others):.2f}-{max(others):.2f}" if others else "-"}
+
+
 def report(results: dict) -> str:
     """The figures as markdown: the tables docs/performance.md quotes."""
     lines = [f"machine: {results['machine']}", f"data: {results['data']}", ""]
     six = results.get("six") or {}
     rows = [{"run": label, "total s": row["total_s"], "extraction s": row["extraction_s"], "fits s": row["fit_s"],
              "overhead s": row["overhead_s"], "of which startup s": row.get("startup_s", math.nan),
-             "peak RSS": gb(row["peak_rss_bytes"])}
+             **job_overheads(row.get("runs", [])), "peak RSS": gb(row["peak_rss_bytes"])}
             for key, label in SIX_RUNS.items() if (row := six.get(key))]
     if rows:
         lines += [*table(rows), ""]

@@ -10,6 +10,9 @@ A sweep checks every job before it opens anything (`sweep/plan.py`): the backbon
 from `keras.applications`, so Keras and its backend load before the first job. Each part below is one
 child process, so no part finds another's modules already imported. Results go to
 benchmarks/results/startup.{json,md}.
+
+It also times what a job pays once per process (its first probe model save) against the same work done again,
+and one job's reports (classification reports and confusion matrices) at 9600 images.
 """
 
 from __future__ import annotations
@@ -35,6 +38,45 @@ PARTS = {
     "a fresh SQLite store (MLflow's schema)": "from tlsweep.tracking.store import Store\nimport tempfile\n"
                                               "t = time.perf_counter()\n"
                                               "Store.open(f'sqlite:///{tempfile.mkdtemp()}/m.db')",
+}
+
+# what a job pays once per process and not again, after the modules a job has loaded by then
+PROBE = """
+import tempfile
+from pathlib import Path
+import numpy as np
+from sklearn.dummy import DummyClassifier
+from sklearn.pipeline import make_pipeline
+import tlsweep.job
+from tlsweep.stages.probe.pipeline import PipelineSpec
+from tlsweep.tracking.payload import ProbeModel
+from tlsweep.tracking.store import save_model
+rows = np.eye(2, dtype=np.float32)
+spec = PipelineSpec(backbone="vgg16", layer="block3_pool", input_size=32, resize="keras", features={},
+                    labels=[0, 1], class_names=["a", "b"])
+probe = ProbeModel(make_pipeline(DummyClassifier()).fit(rows, [0, 1]), rows, spec, np.zeros((2, 32, 32, 3), np.uint8))
+def save():
+    with tempfile.TemporaryDirectory() as folder:
+        save_model(Path(folder) / "probe", probe)
+"""
+REPORTS = """
+import numpy as np
+from sklearn.pipeline import make_pipeline
+from sklearn.svm import LinearSVC
+import tlsweep.job
+from tlsweep.stages.analysis import report
+rng = np.random.default_rng(0)
+X, y = np.maximum(rng.standard_normal((9600, 4096), dtype=np.float32), 0), rng.integers(0, 6, 9600)
+splits = {"train": (X[:7200], y[:7200]), "val": (X[7200:9000], y[7200:9000]), "test": (X[9000:], y[9000:])}
+job = dict(estimator=make_pipeline(LinearSVC()).fit(X[:600], y[:600]), splits=splits, labels=list(range(6)),
+           names=["deer", "dog", "frog", "horse", "ship", "truck"], title="vgg16 block3_pool: ")
+report.classification_reports(**job)
+"""
+JOB_PARTS = {
+    "a process's first probe model save (MLflow)": PROBE + "t = time.perf_counter(); save()",
+    "a later probe model save": PROBE + "save()\nt = time.perf_counter(); save()",
+    "one job's reports, after a first (6 classes; 7200, 1800, 600 rows x 4096)":
+        REPORTS + "t = time.perf_counter(); report.classification_reports(**job)",
 }
 
 
@@ -77,12 +119,16 @@ def main() -> None:
             raise SystemExit(f"--backends: {backend} is not installed")
         env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
         parts = {name: part_seconds(code, env) for name, code in PARTS.items()}
+        job_parts = {name: part_seconds(code, env) for name, code in JOB_PARTS.items()}
         fresh_store, same_store = demo_sweeps(env, out)
-        results["backends"][backend] = {"parts_s": parts, "fresh_store": fresh_store, "same_store": same_store}
+        results["backends"][backend] = {"parts_s": parts, "job_parts_s": job_parts, "fresh_store": fresh_store,
+                                        "same_store": same_store}
     rows = []
     for backend, found in results["backends"].items():
         rows += [{"backend": backend, "what": name, "seconds": value} for name, value in found["parts_s"].items()]
         rows.append({"backend": backend, "what": "sum of the parts", "seconds": sum(found["parts_s"].values())})
+        rows += [{"backend": backend, "what": f"per job: {name}", "seconds": value}
+                 for name, value in found["job_parts_s"].items()]
         for store in ("fresh_store", "same_store"):
             rows += [{"backend": backend, "what": f"`tlsweep preset=demo`, {store.replace('_', ' ')}: {key}",
                       "seconds": value} for key, value in found[store].items()]
