@@ -4,6 +4,9 @@ where a run was logged, and tlsweep's own --help."""
 from __future__ import annotations
 
 import re
+import sys
+
+import pytest
 
 from tlsweep.console import NATIVE_NOISE
 
@@ -57,3 +60,34 @@ def test_a_sweep_is_named_and_counted_as_hydras_basic_sweeper_expands_it():
     assert sweep_name("vgg16", ["model=vgg16,resnet50", "layer=conv1"]) == "model=vgg16,resnet50"
     assert sweep_name("vgg16", ["layer=a,b"], "folder:birds") == "vgg16 folder:birds layer=a,b"  # the data set too
     assert sweep_size(["model=vgg16,resnet50", "seed=0,1,2"]) == 6
+
+
+def test_a_ctrl_c_dropped_in_a_garbage_collector_callback_is_raised_at_the_next_step(monkeypatch):
+    """Python raises Ctrl-C's KeyboardInterrupt wherever the main thread is, a gc callback included (JAX
+    registers one); there it is reported as unraisable and dropped, and the sweep would go on."""
+    import gc
+    import logging
+
+    from tlsweep import console
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)  # what Python would report; put back after
+    monkeypatch.setattr(console, "_pending_interrupt", False)
+    console.keep_swallowed_interrupts()
+    raised = []
+
+    def callback(phase, info):
+        if len(raised) < 2:
+            raised.append(KeyboardInterrupt if not raised else ValueError)
+            raise raised[-1]("from a gc callback")
+
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()  # Ctrl-C: kept, not reported
+        gc.collect()  # any other error: reported as before
+    finally:
+        gc.callbacks.remove(callback)
+    assert raised == [KeyboardInterrupt, ValueError]
+    assert [item.exc_type for item in reported] == [ValueError]
+    with pytest.raises(KeyboardInterrupt):
+        console.Progress(10, description="features (train)", log=logging.getLogger("tlsweep")).update(1)

@@ -60,6 +60,7 @@ def interrupted() -> None:
 def cli() -> None:
     """The `tlsweep` command (and `python -m tlsweep`)."""
     console.one_line_warnings()
+    console.keep_swallowed_interrupts()
     try:
         if not {"--help", "-h", "--hydra-help"} & set(sys.argv):  # help needs no backend
             console.start_backend_quietly()

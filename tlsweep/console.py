@@ -33,6 +33,33 @@ def one_line_warnings() -> None:
     a run keeps their full text (`fit_warnings.txt`). For the commands only, not for tlsweep used as a library."""
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
 
+_pending_interrupt = False
+
+
+def keep_swallowed_interrupts() -> None:
+    """Ctrl-C that lands while Python runs a garbage-collector callback (JAX registers one when Keras imports it)
+    is raised inside that callback, where Python reports it as unraisable, a traceback on stderr, and drops it:
+    the sweep would go on. This hook keeps such a KeyboardInterrupt, without the traceback, for
+    `raise_pending_interrupt` to raise at the next step a job takes. Any other unraisable error is reported
+    as before."""
+    report = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        global _pending_interrupt
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _pending_interrupt = True
+            return
+        report(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def raise_pending_interrupt() -> None:
+    """Raise the Ctrl-C that `keep_swallowed_interrupts` kept, if any."""
+    if _pending_interrupt:
+        raise KeyboardInterrupt
+
+
 # absl's banner, its I/W lines, and the E lines of CUDA probing (cuda_platform.cc, cuda_executor.cc, ...)
 NATIVE_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -116,6 +143,7 @@ class Progress:
             self.bar = tqdm(total=total, desc=description, unit="img", unit_scale=True, leave=False)
 
     def update(self, n: int) -> None:
+        raise_pending_interrupt()
         self.done += n
         if self.bar is not None:
             self.bar.update(n)

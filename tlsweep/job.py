@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep import identity, preflight, provenance, train
+from tlsweep import console, identity, preflight, provenance, train
 from tlsweep.config import TlsweepConfig, default_tracking_uri
 from tlsweep.errors import ConfigError, TlsweepError
 from tlsweep.stages.backbone.source import BackboneSource
@@ -218,11 +218,13 @@ def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = 
     record = dataclasses.replace(spec.record, tags={**provenance.machine_tags(config.tracking.machine),
                                                     **spec.record.tags})
     try:
+        console.raise_pending_interrupt()  # a Ctrl-C that landed in a garbage-collector callback
         if config.resume:
             dataset, reused = _reusable(spec, config, target, dataset)
             if reused is not None:
                 return reused
         result = train.train_and_evaluate(config, sweep_layers=extract_ahead, dataset=dataset)
+        console.raise_pending_interrupt()
         work_seconds = result.work_seconds  # the prescreen's CNN pass ran before `started`
         if spec.prescored is not None:  # the CNN pass and the scoring that ranked it are this run's too
             result = dataclasses.replace(
