@@ -33,6 +33,7 @@ def one_line_warnings() -> None:
     a run keeps their full text (`fit_warnings.txt`). For the commands only, not for tlsweep used as a library."""
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
 
+
 _pending_interrupt = False
 
 
