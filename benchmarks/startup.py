@@ -1,5 +1,6 @@
 """Where a sweep's start-up goes: the libraries it needs before its first job, each timed in a fresh process,
-against the `startup_seconds` and `overhead_seconds` that `tlsweep preset=demo` logs.
+against the `startup_seconds` and `overhead_seconds` that `tlsweep preset=demo` logs, and how long its process
+takes to exit once its parent run has ended.
 
 Run it from the repository root:
 
@@ -22,6 +23,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tabulate import tabulate
@@ -91,19 +93,23 @@ def demo_sweeps(env: dict, out: Path) -> list[dict]:
     """`tlsweep preset=demo` twice from one empty folder (a fresh store, then the same): what each logged."""
     from mlflow.tracking import MlflowClient
 
+    ended = []  # when each process had exited, against its parent run's end: what the interpreter's exit takes
     with scratch(out, "startup-") as work:
         for _ in range(2):
             subprocess.run([PYTHON, "-m", "tlsweep", "preset=demo"], env=env, cwd=work, capture_output=True,
                            check=True)
+            ended.append(time.time())
         client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
         runs = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id],
                                   order_by=["attributes.start_time ASC"])
     sweeps = []
-    for parent in (run for run in runs if run.data.tags.get(Tag.KIND) == Kind.SWEEP):
+    parents = [run for run in runs if run.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    for parent, exited in zip(parents, ended):
         jobs = [run.data.metrics[Metric.OVERHEAD_SECONDS] for run in runs
                 if run.data.tags.get(Tag.PARENT) == parent.info.run_id]
         sweeps.append({"startup_s": parent.data.metrics[Metric.STARTUP_SECONDS], "first_job_overhead_s": jobs[0],
-                       "other_jobs_overhead_s": max(jobs[1:])})
+                       "other_jobs_overhead_s": max(jobs[1:]), "exit_after_parent_run_s":
+                       exited - parent.info.end_time / 1000})
     return sweeps
 
 

@@ -91,3 +91,27 @@ def test_a_ctrl_c_dropped_in_a_garbage_collector_callback_is_raised_at_the_next_
     assert [item.exc_type for item in reported] == [ValueError]
     with pytest.raises(KeyboardInterrupt):
         console.Progress(10, description="features (train)", log=logging.getLogger("tlsweep")).update(1)
+
+
+def test_a_command_leaves_its_heap_to_the_os_and_still_ends_its_run_and_flushes_its_log(isolated, cifar_dir, tiny):
+    """The interpreter's final collections skip what the command leaves alive (gc.freeze), and nothing that was
+    logged is lost: exit handlers run, the run is FINISHED with its metrics, the job's log file is complete."""
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    program = ("import atexit, gc, sys\n"
+               "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0, flush=True))\n"
+               f"sys.argv = ['tlsweep', 'data.path={cifar_dir}', 'layer=block5_pool', *{list(tiny)!r}]\n"
+               "from tlsweep.__main__ import cli\n"
+               "cli()\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=isolated, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "frozen at exit: True"
+    client = MlflowClient(f"sqlite:///{isolated / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tlsweep").experiment_id])
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    (log_file,) = isolated.glob("**/__main__.log")
+    *_, result_line, where_line = log_file.read_text().splitlines()  # the job's last two lines, as it wrote them
+    assert "vgg16 block5_pool: train" in result_line and f"logged run {run.info.run_id}" in where_line

@@ -67,6 +67,8 @@ def cli() -> None:
         main()
     except KeyboardInterrupt:
         interrupted()
+    finally:
+        console.leave_heap_to_the_os()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ one of those notices: Python warnings and real errors still show. `TF_CPP_MIN_LO
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -59,6 +60,15 @@ def raise_pending_interrupt() -> None:
     """Raise the Ctrl-C that `keep_swallowed_interrupts` kept, if any."""
     if _pending_interrupt:
         raise KeyboardInterrupt
+
+
+def leave_heap_to_the_os() -> None:
+    """Called as a command ends: every object then alive moves to the collector's permanent generation, so the
+    interpreter's final collections, which walk the whole heap Keras and TensorFlow built (millions of objects),
+    skip it; the operating system frees the memory. Exit handlers, log flushing and module teardown still run,
+    and objects freed by reference counting still are; only cycles alive at exit are not collected, which
+    Python does not promise to do at exit anyway. `python -m benchmarks.startup` times the exit."""
+    gc.freeze()
 
 
 # absl's banner, its I/W lines, and the E lines of CUDA probing (cuda_platform.cc, cuda_executor.cc, ...)

@@ -41,6 +41,7 @@ from typing import Optional, Sequence
 
 from tabulate import tabulate
 
+from tlsweep import console
 from tlsweep.config import CONF_DIR, TlsweepConfig, register_configs
 from tlsweep.errors import TlsweepError
 from tlsweep.stages.features.pooling import POOLINGS
@@ -176,7 +177,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def cli() -> None:
     """The `tlsweep-layers` command (and `python -m tlsweep.layers`)."""
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        console.leave_heap_to_the_os()
 
 
 if __name__ == "__main__":
