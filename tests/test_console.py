@@ -115,3 +115,22 @@ def test_a_command_leaves_its_heap_to_the_os_and_still_ends_its_run_and_flushes_
     (log_file,) = isolated.glob("**/__main__.log")
     *_, result_line, where_line = log_file.read_text().splitlines()  # the job's last two lines, as it wrote them
     assert "vgg16 block5_pool: train" in result_line and f"logged run {run.info.run_id}" in where_line
+
+
+def test_the_collector_is_off_while_libraries_load_and_what_they_built_is_frozen_after():
+    import gc
+
+    from tlsweep.console import collector_paused
+
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+            loaded = [[index] for index in range(1000)]  # objects a library keeps for the process's life
+        assert gc.isenabled() and gc.get_freeze_count() >= len(loaded)
+        gc.disable()
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # a caller that had turned the collector off keeps it off
+    finally:
+        gc.enable()
+        gc.unfreeze()  # the rest of the test session's heap is collected as before

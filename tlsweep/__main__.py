@@ -13,16 +13,18 @@ import logging
 import math
 import sys
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
 from tlsweep import console
-from tlsweep.config import CONF_DIR, register_configs
-from tlsweep.errors import TlsweepError
-from tlsweep.job import run
-from tlsweep.sweep import context
+
+with console.collector_paused():  # the libraries' objects live as long as the process: no collection walks them
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import DictConfig
+
+    from tlsweep.config import CONF_DIR, register_configs
+    from tlsweep.errors import TlsweepError
+    from tlsweep.job import run
+    from tlsweep.sweep import context
 
 log = logging.getLogger("tlsweep")
 
@@ -63,7 +65,8 @@ def cli() -> None:
     console.keep_swallowed_interrupts()
     try:
         if not {"--help", "-h", "--hydra-help"} & set(sys.argv):  # help needs no backend
-            console.start_backend_quietly()
+            with console.collector_paused():
+                console.start_backend_quietly()
         main()
     except KeyboardInterrupt:
         interrupted()

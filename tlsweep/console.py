@@ -62,6 +62,23 @@ def raise_pending_interrupt() -> None:
         raise KeyboardInterrupt
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """While a command loads its libraries: Python's cyclic garbage collector off, then what was loaded moved to
+    its permanent generation (`gc.freeze`). Importing Keras, TensorFlow and MLflow builds millions of objects
+    that live as long as the process, and each full collection would walk them all, during the loading and
+    in every job after it. Cycles that become garbage while paused are left to the process's end.
+    `python -m benchmarks.startup` times the start-up."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def leave_heap_to_the_os() -> None:
     """Called as a command ends: every object then alive moves to the collector's permanent generation, so the
     interpreter's final collections, which walk the whole heap Keras and TensorFlow built (millions of objects),
