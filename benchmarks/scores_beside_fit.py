@@ -1,0 +1,81 @@
+"""Would a job gain from computing its transferability scores beside its fit, on the core liblinear leaves idle?
+
+A job scores its cut (LogME and k-NN, the defaults) and then fits `LinearSVC`, one after the other. liblinear
+runs on one core and releases the GIL, so a thread could score meanwhile. This times, on the same generated
+ReLU-like features (`benchmarks.fit_data.relu_like`; 7200 train and 1800 val rows, six classes):
+
+- the scores, then the fit, one after the other (what a job does);
+- the scores on a thread beside the fit, with numpy's BLAS threads as they are;
+- the same, with the thread's BLAS held to one thread (threadpoolctl), so it leaves liblinear its core.
+
+    .venv/bin/python -m benchmarks.scores_beside_fit --widths 4096,2048,512
+
+Results go to benchmarks/results/scores_beside_fit.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from pathlib import Path
+
+from sklearn.svm import LinearSVC
+from tabulate import tabulate
+from threadpoolctl import threadpool_limits
+
+from benchmarks.fit_data import relu_like
+from benchmarks.run import HERE, machine, write_results
+from tlsweep.scores import score_features
+
+TRAIN, VAL = 7200, 1800
+SCORES = ["logme", "knn"]
+
+
+def one_width(d: int) -> dict:
+    X, y = relu_like(TRAIN + VAL, d)
+    train, val = (X[:TRAIN], y[:TRAIN]), (X[TRAIN:], y[TRAIN:])
+
+    def scores() -> None:
+        score_features(SCORES, *train, *val)
+
+    def fit() -> None:
+        LinearSVC(C=0.1).fit(*train)
+
+    start = time.perf_counter()
+    scores()
+    scored = time.perf_counter() - start
+    fit()
+    row = {"d": d, "scores s": scored, "fit s": time.perf_counter() - start - scored}
+    row["one after the other s"] = row["scores s"] + row["fit s"]
+    for label, limit in (("beside, BLAS as is s", None), ("beside, thread's BLAS at 1 s", 1)):
+        def beside(limit=limit) -> None:
+            with threadpool_limits(limits=limit, user_api="blas"):
+                scores()
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=beside)
+        thread.start()
+        fit()
+        thread.join()
+        row[label] = time.perf_counter() - start
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", default="4096,2048,512", help="feature widths, comma-separated")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    rows = [one_width(int(d)) for d in args.widths.split(",")]
+    results = {"machine": machine(), "load_average": os.getloadavg(), "rows": rows}
+    text = (f"Scores beside the fit on {results['machine']['cpu']}, {results['machine']['nproc']} CPUs, load "
+            f"average {results['load_average'][0]:.1f} at the end ({TRAIN} train, {VAL} val rows):\n\n"
+            + tabulate(rows, headers="keys", tablefmt="github", floatfmt=".2f") + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_results(args.out.resolve(), "scores_beside_fit", results, text)
+
+
+if __name__ == "__main__":
+    main()
