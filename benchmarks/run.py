@@ -164,10 +164,12 @@ class SixClass:
         args = ["--data", str(self.data_path), "--layers", ",".join(LAYERS)]
         return script_split(script(module, args, name=module, out=self.out, env=QUIET))
 
-    def sweep(self, overrides: list[str], name: str) -> dict:
-        run = tlsweep(["-m", f"layer={','.join(LAYERS)}", *overrides], workdir=self.work, data_path=self.data_path,
+    def sweep(self, overrides: list[str], name: str, *, own_store: bool = False) -> dict:
+        """The three-cut sweep with `overrides`; `own_store`: in a store and cache of its own, so it starts cold."""
+        work = fresh(self.out / f"tlsweep-six-{name}") if own_store else self.work
+        run = tlsweep(["-m", f"layer={','.join(LAYERS)}", *overrides], workdir=work, data_path=self.data_path,
                       name=name, out=self.out)
-        return split(run, sweep_children(self.work), sweep_startup(self.work))
+        return split(run, sweep_children(work), sweep_startup(work))
 
 
 def throughput(six: SixClass) -> dict:
@@ -185,6 +187,9 @@ class Step(NamedTuple):
 SIX_STEPS = {
     "seed": Step("seed_style", lambda six: six.reference("seed_style")),
     "cold": Step("tlsweep_cold", lambda six: six.sweep([], "tlsweep_cold")),
+    # the same work as the seed's way: no transferability scores
+    "cold_no_scores": Step("tlsweep_cold_no_scores", lambda six: six.sweep(["scores=[]"], "tlsweep_cold_no_scores",
+                                                                           own_store=True)),
     "one_pass": Step("one_pass", lambda six: six.reference("one_pass")),
     "warm": Step("tlsweep_warm", lambda six: six.sweep(["classifier.C=0.01,0.03,0.1"], "tlsweep_warm"), ("cold",)),
     "warm_line_search": Step("tlsweep_warm_line_search", lambda six: six.sweep(
@@ -253,6 +258,7 @@ def table(rows: list[dict], floatfmt: str = ".1f") -> list[str]:
 
 # result key in results["six"]: its row label in the six-class table
 SIX_RUNS = {"seed_style": "seed-style script (3 cut models)", "tlsweep_cold": "tlsweep cold, 3 cuts",
+            "tlsweep_cold_no_scores": "tlsweep cold, 3 cuts, scores=[]",
             "one_pass": "hand-written one pass", "tlsweep_warm": "tlsweep warm, 3 cuts x 3 C",
             "tlsweep_warm_line_search": "tlsweep warm, 3 cuts x 3 C, classifier=line_search_svc"}
 # throughput key prefix: its row label
@@ -284,6 +290,10 @@ def report(results: dict) -> str:
     if seed and cold:
         lines.append(f"- seed-style / tlsweep cold, end to end: **{seed['total_s'] / cold['total_s']:.2f}x**"
                      f" (extraction alone: {seed['extraction_s'] / cold['extraction_s']:.2f}x)")
+    bare = six.get("tlsweep_cold_no_scores")
+    if seed and bare:
+        lines.append(f"- seed-style / tlsweep cold with scores=[], end to end: "
+                     f"**{seed['total_s'] / bare['total_s']:.2f}x**")
     if cold and one:
         lines.append(f"- tlsweep cold / hand-written one pass: **{cold['total_s'] / one['total_s']:.3f}**"
                      f" (overhead {100 * (cold['total_s'] / one['total_s'] - 1):+.1f}%)")
