@@ -6,7 +6,9 @@ ReLU-like features (`benchmarks.fit_data.relu_like`; 7200 train and 1800 val row
 
 - the scores, then the fit, one after the other (what a job does);
 - the scores on a thread beside the fit, with numpy's BLAS threads as they are;
-- the same, with the thread's BLAS held to one thread (threadpoolctl), so it leaves liblinear its core.
+- the same, with BLAS held to one thread while the scores run (threadpoolctl; the limit is process-wide).
+
+The one-after-the-other timing runs first in the process, so it also carries the first calls' costs.
 
     .venv/bin/python -m benchmarks.scores_beside_fit --widths 4096,2048,512
 
@@ -49,7 +51,7 @@ def one_width(d: int) -> dict:
     fit()
     row = {"d": d, "scores s": scored, "fit s": time.perf_counter() - start - scored}
     row["one after the other s"] = row["scores s"] + row["fit s"]
-    for label, limit in (("beside, BLAS as is s", None), ("beside, thread's BLAS at 1 s", 1)):
+    for label, limit in (("beside, BLAS as is s", None), ("beside, BLAS at 1 thread (process-wide) s", 1)):
         def beside(limit=limit) -> None:
             with threadpool_limits(limits=limit, user_api="blas"):
                 scores()

@@ -106,6 +106,7 @@ def demo_sweeps(env: dict, out: Path) -> list[dict]:
                                   order_by=["attributes.start_time ASC"])
     sweeps = []
     parents = [run for run in runs if run.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    assert len(parents) == len(ended), f"{len(ended)} sweeps ran, {len(parents)} parent runs found"
     for parent, exited, wall in zip(parents, ended, walls):
         jobs = [run.data.metrics[Metric.OVERHEAD_SECONDS] for run in runs
                 if run.data.tags.get(Tag.PARENT) == parent.info.run_id]

@@ -13,18 +13,16 @@ import logging
 import math
 import sys
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
 from tlsweep import console
-
-with console.collector_paused():  # the libraries' objects live as long as the process: no collection walks them
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import DictConfig
-
-    from tlsweep.config import CONF_DIR, register_configs
-    from tlsweep.errors import TlsweepError
-    from tlsweep.job import run
-    from tlsweep.sweep import context
+from tlsweep.config import CONF_DIR, register_configs
+from tlsweep.errors import TlsweepError
+from tlsweep.job import run
+from tlsweep.sweep import context
 
 log = logging.getLogger("tlsweep")
 

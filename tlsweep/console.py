@@ -64,10 +64,11 @@ def raise_pending_interrupt() -> None:
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """While a command loads its libraries: Python's cyclic garbage collector off, then what was loaded moved to
-    its permanent generation (`gc.freeze`). Importing Keras, TensorFlow and MLflow builds millions of objects
-    that live as long as the process, and each full collection would walk them all, during the loading and
-    in every job after it. Cycles that become garbage while paused are left to the process's end.
+    """Python's cyclic garbage collector off while a command starts its backend, then the whole heap frozen.
+
+    Keras, TensorFlow and MLflow build millions of objects that live as long as the process, and each full
+    collection would walk them all. Frozen (`gc.freeze`), they are skipped by every later collection; cycles
+    that were garbage by then are never collected. For the commands only, not for tlsweep used as a library.
     `python -m benchmarks.startup` times the start-up."""
     enabled = gc.isenabled()
     gc.disable()
@@ -80,11 +81,13 @@ def collector_paused() -> Iterator[None]:
 
 
 def leave_heap_to_the_os() -> None:
-    """Called as a command ends: every object then alive moves to the collector's permanent generation, so the
-    interpreter's final collections, which walk the whole heap Keras and TensorFlow built (millions of objects),
-    skip it; the operating system frees the memory. Exit handlers, log flushing and module teardown still run,
-    and objects freed by reference counting still are; only cycles alive at exit are not collected, which
-    Python does not promise to do at exit anyway. `python -m benchmarks.startup` times the exit."""
+    """As a command ends: freeze the heap, so the interpreter's final collections skip it.
+
+    Exit handlers (`atexit`, `weakref.finalize`), logging's final flush and the flush of stdout and stderr still
+    run. What a frozen object would only do in its finaliser at exit is not done: an object held by a module's
+    globals is not finalised. What tlsweep writes is closed where it is written (runs end inside their block,
+    cache entries are flushed and renamed, log handlers flush each record), never left to a finaliser.
+    `python -m benchmarks.startup` times the exit."""
     gc.freeze()
 
 
