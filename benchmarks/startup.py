@@ -6,11 +6,14 @@ Run it from the repository root:
 
     .venv/bin/python -m benchmarks.startup                  # the default backend (TensorFlow)
     .venv/bin/python -m benchmarks.startup --backends tensorflow,jax
+    git worktree add /tmp/before HEAD~1 && .venv/bin/python -m benchmarks.startup --against /tmp/before --rounds 3
 
 A sweep checks every job before it opens anything (`sweep/plan.py`): the backbones and their layers come
 from `keras.applications`, so Keras and its backend load before the first job. Each part below is one
 child process, so no part finds another's modules already imported. Results go to
-benchmarks/results/startup.{json,md}.
+benchmarks/results/startup.{json,md}. With `--against`, only the demo sweeps run: another checkout's (the
+release before, say) and this one's in turn, `--rounds` times, so both are timed in the same minutes; results go
+to benchmarks/results/startup_against.{json,md}.
 
 It also times what a job pays once per process (its first probe model save) against the same work done again,
 and one job's reports (classification reports and confusion matrices) at 9600 images.
@@ -116,12 +119,31 @@ def demo_sweeps(env: dict, out: Path) -> list[dict]:
     return sweeps
 
 
+def against(other: Path, rounds: int, out: Path) -> None:
+    """The demo sweeps of another checkout and of this one, in turn: each round, each a fresh store then the same."""
+    rows = []
+    for round_ in range(1, rounds + 1):
+        for label, source in (("against", other), ("this", ROOT)):
+            env = {**os.environ, "PYTHONPATH": str(source), "TF_CPP_MIN_LOG_LEVEL": "2"}
+            for store, found in zip(("fresh", "same"), demo_sweeps(env, out)):
+                rows.append({"checkout": f"{label} ({source})", "round": round_, "store": store, **found})
+    here = machine()
+    text = (f"`tlsweep preset=demo`, {other} against this checkout, on {here['cpu']}, {here['nproc']} CPUs, load "
+            f"average {os.getloadavg()[0]:.1f} at the end:\n\n"
+            + tabulate(rows, headers="keys", tablefmt="github", floatfmt=".2f") + "\n")
+    write_results(out, "startup_against", {"machine": here, "rows": rows}, text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="tensorflow", help="Keras backends, comma-separated")
+    parser.add_argument("--against", type=Path, help="another checkout: only the demo sweeps, its and this one's")
+    parser.add_argument("--rounds", type=int, default=1, help="with --against: how many times each runs")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     out = args.out.resolve()
+    if args.against:
+        return against(args.against.resolve(), args.rounds, out)
     results = {"machine": machine(), "load_average": os.getloadavg(), "backends": {}}
     for backend in args.backends.split(","):
         if importlib.util.find_spec(backend) is None:

@@ -9,9 +9,11 @@ sweep's parent end KILLED, and `resume=true` picks up where it stopped.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,18 +23,22 @@ from omegaconf import DictConfig
 from tlsweep import console
 from tlsweep.config import CONF_DIR, register_configs
 from tlsweep.errors import TlsweepError
-from tlsweep.job import run
 from tlsweep.sweep import context
+from tlsweep.tracking import prepared
 
 log = logging.getLogger("tlsweep")
 
 register_configs()
 
 INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (128 + SIGINT)
+HELP = {"--help", "-h", "--hydra-help"}
+INFO = {"--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")  # the package's, wherever it runs from
 def main(cfg: DictConfig) -> float:
+    from tlsweep.job import run  # imported by `cli` already, after the store's schema was started
+
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     console.mask_secrets_in_logs()
     sweep = context.received()
@@ -62,13 +68,17 @@ def cli() -> None:
     console.one_line_warnings()
     console.keep_swallowed_interrupts()
     try:
-        if not {"--help", "-h", "--hydra-help"} & set(sys.argv):  # help needs no backend
-            with console.collector_paused():
+        if not HELP & set(sys.argv):  # help needs no backend
+            if not INFO & set(sys.argv):  # nor a store: Hydra prints what it composed and stops
+                prepared.begin(sys.argv[1:], Path.cwd())
+            with console.collector_paused():  # the libraries' heap, once loaded, is never walked again
+                importlib.import_module("tlsweep.job")  # before Keras: skops looks types up in sys.modules' order
                 console.start_backend_quietly()
         main()
     except KeyboardInterrupt:
         interrupted()
     finally:
+        prepared.discard()
         console.leave_heap_to_the_os()
 
 

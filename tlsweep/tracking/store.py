@@ -30,7 +30,7 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 from tlsweep.errors import ConfigError
 from tlsweep.redact import redact, redact_mapping
 from tlsweep.stages.probe.pipeline import PipelineSpec
-from tlsweep.tracking import connection
+from tlsweep.tracking import connection, prepared
 from tlsweep.tracking.names import SPLITS, Metric as MetricName, Status
 from tlsweep.tracking.payload import DatasetRecord, Payload, PipelineModel, ProbeModel, requirements, write_files
 from tlsweep.tracking.stored import StoredRun
@@ -62,6 +62,7 @@ class Store:
             connection.probe_server(uri)
         try:
             with connection.sqlite_lock(uri):  # the first process creates the schema; the others wait instead of racing it
+                prepared.adopt(uri)  # a new store's schema, made beside the backend's start
                 store = cls(uri)
                 with store._refusals():  # a server with authentication answers this one 401 without credentials
                     store.client.search_experiments(max_results=1)
