@@ -131,6 +131,16 @@ def write_results(out: Path, stem: str, results: dict, text: str) -> None:
     print(text)
 
 
+def write_table(out: Path, stem: str, title: str, rows: list[dict], *, floatfmt: str = ".2f") -> None:
+    """`rows` as one table, `title` followed by the machine and its load average as the run ends."""
+    found = {"machine": machine(), "load_average": os.getloadavg(), "rows": rows}
+    text = (f"{title}, on {found['machine']['cpu']}, {found['machine']['nproc']} CPUs, load average "
+            f"{found['load_average'][0]:.1f} at the end:\n\n"
+            + tabulate(rows, headers="keys", tablefmt="github", floatfmt=floatfmt) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(out.resolve(), stem, found, text)
+
+
 @contextmanager
 def scratch(out: Path, prefix: str) -> Iterator[Path]:
     """A throwaway folder under `out` (created if need be), removed when the block ends, however it ends."""

@@ -18,17 +18,15 @@ Results go to benchmarks/results/scores_beside_fit.{json,md}.
 from __future__ import annotations
 
 import argparse
-import os
 import threading
 import time
 from pathlib import Path
 
 from sklearn.svm import LinearSVC
-from tabulate import tabulate
 from threadpoolctl import threadpool_limits
 
 from benchmarks.fit_data import relu_like
-from benchmarks.run import HERE, machine, write_results
+from benchmarks.run import HERE, write_table
 from tlsweep.scores import score_features
 
 TRAIN, VAL = 7200, 1800
@@ -71,12 +69,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     rows = [one_width(int(d)) for d in args.widths.split(",")]
-    results = {"machine": machine(), "load_average": os.getloadavg(), "rows": rows}
-    text = (f"Scores beside the fit on {results['machine']['cpu']}, {results['machine']['nproc']} CPUs, load "
-            f"average {results['load_average'][0]:.1f} at the end ({TRAIN} train, {VAL} val rows):\n\n"
-            + tabulate(rows, headers="keys", tablefmt="github", floatfmt=".2f") + "\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_results(args.out.resolve(), "scores_beside_fit", results, text)
+    write_table(args.out, "scores_beside_fit", f"Scores beside the fit ({TRAIN} train, {VAL} val rows)", rows)
 
 
 if __name__ == "__main__":
