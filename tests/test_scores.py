@@ -100,6 +100,18 @@ def test_logme_equals_the_reference_fixed_point(n, d, dtype):
     assert logme(x, y) == pytest.approx(logme_reference(x, y), abs=1e-6)
 
 
+@pytest.mark.parametrize("n,d", [(300, 60), (60, 150)], ids=["n>d", "n<d"])
+def test_logme_equals_the_reference_on_relu_features_of_deficient_rank(n, d):
+    """After a ReLU whole channels are dead and others repeat: G has many zero eigenvalues, which the
+    tridiagonal form carries as rounding-sized ones; the score still matches the explicit fixed point."""
+    x, y = classes_in_features(n, d, 5, signal=2.0, seed=7)
+    x = np.maximum(x, 0.0)
+    x[:, 10:20] = 0.0  # dead channels
+    x[:, 20:30] = x[:, 30:40]  # repeated ones
+    for route in ("samples", "features"):
+        assert logme(x, y, route=route) == pytest.approx(logme_reference(x, y), abs=1e-6)
+
+
 @pytest.mark.parametrize("n,d", [(200, 30), (30, 200)], ids=["n>d", "n<d"])
 def test_logme_the_n_by_n_and_d_by_d_routes_agree(n, d):
     x, y = classes_in_features(n, d, 3, signal=1.0, seed=2)
