@@ -1,12 +1,12 @@
-"""A new SQLite store's schema, made by a second process while the command starts its backend.
+"""A new SQLite store's schema, made by a second process while the command loads its libraries and Keras.
 
-MLflow makes a new SQLite store by running its schema migrations: about 1 to 2.5 s of one core, in the
+MLflow makes a new SQLite store by running its schema migrations: about 2 to 2.5 s of one core, in the
 critical path of a first sweep in a folder. The `tlsweep` command starts a child process that makes the schema
-in a hidden file beside the store (`.mlflow.db.<pid>.new`) while Keras loads, on the core Keras leaves idle.
-`Store.open`, under the store's file lock and only once every job has been checked, moves that file into
-place if the store still does not exist; otherwise it is deleted. A command that fails before then, or is
-interrupted, leaves no store and no hidden file, as before; a child that failed leaves MLflow to make the
-schema itself.
+in a hidden file beside the store (`.mlflow.db.<pid>.new`) while it loads, on the core that loading leaves
+idle. `Store.open`, under the store's file lock and only once every job has been checked, links that file into
+place if the store still does not exist (a link never overwrites), then deletes it. A command that fails
+before then, or is interrupted, leaves no store and no hidden file, as before; a child that failed leaves
+MLflow to make the schema itself.
 
 No mlflow in the parent: only the child (`python -m tlsweep.tracking.prepared URI`) imports it.
 """
