@@ -8,7 +8,7 @@ place if the store still does not exist (a link never overwrites), then deletes 
 before then, or is interrupted, leaves no store and no hidden file, as before; a child that failed leaves
 MLflow to make the schema itself.
 
-No mlflow in the parent: only the child (`python -m tlsweep.tracking.prepared URI`) imports it.
+No mlflow here: the child (`python -m tlsweep.tracking.prepared URI`) makes the schema through `store.Store`.
 """
 
 from __future__ import annotations
@@ -128,9 +128,9 @@ def _beside(path: Path, ending: str) -> Path:
 def main() -> None:
     """The child: make the schema of the SQLite store at argv[1] (MLflow creates it on first use)."""
     os.nice(10)  # where no core is idle, the command's own start goes first
-    from mlflow.tracking import MlflowClient
+    from tlsweep.tracking.store import Store  # the one module that talks to mlflow
 
-    MlflowClient(tracking_uri=sys.argv[1]).search_experiments(max_results=1)
+    Store(sys.argv[1]).client.search_experiments(max_results=1)
 
 
 if __name__ == "__main__":
