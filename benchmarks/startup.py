@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from benchmarks.run import HERE, PYTHON, ROOT, machine, scratch, write_results
+from benchmarks.run import HERE, PYTHON, ROOT, machine, scratch, write_results, write_table
 from tlsweep.tracking.names import Kind, Metric, Tag
 
 # each snippet prints the seconds of its last step; the steps before it are what a sweep has loaded by then
@@ -127,11 +127,7 @@ def against(other: Path, rounds: int, out: Path) -> None:
             env = {**os.environ, "PYTHONPATH": str(source), "TF_CPP_MIN_LOG_LEVEL": "2"}
             for store, found in zip(("fresh", "same"), demo_sweeps(env, out)):
                 rows.append({"checkout": f"{label} ({source})", "round": round_, "store": store, **found})
-    here = machine()
-    text = (f"`tlsweep preset=demo`, {other} against this checkout, on {here['cpu']}, {here['nproc']} CPUs, load "
-            f"average {os.getloadavg()[0]:.1f} at the end:\n\n"
-            + tabulate(rows, headers="keys", tablefmt="github", floatfmt=".2f") + "\n")
-    write_results(out, "startup_against", {"machine": here, "rows": rows}, text)
+    write_table(out, "startup_against", f"`tlsweep preset=demo`, {other} against this checkout", rows)
 
 
 def main() -> None:

@@ -64,7 +64,8 @@ def raise_pending_interrupt() -> None:
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a command starts its backend, then the whole heap frozen.
+    """Python's cyclic garbage collector off while a command loads its libraries and starts its backend, then
+    the whole heap frozen.
 
     Keras, TensorFlow and MLflow build millions of objects that live as long as the process, and each full
     collection would walk them all. Frozen (`gc.freeze`), they are skipped by every later collection; cycles
