@@ -6,6 +6,7 @@ Run it from the repository root:
     .venv/bin/python -m benchmarks.run                        # full size: 30000 train + 6000 test (six classes)
     .venv/bin/python -m benchmarks.run --train-per-class 1000 # smaller, same steps
     .venv/bin/python -m benchmarks.run --data /data/cifar-10-batches-py   # real CIFAR-10
+    .venv/bin/python -m benchmarks.run --skip-ten --steps cold,warm,warm_parallel   # warm, one job or two at once
 
 Everything it writes goes under benchmarks/results/ (git-ignored); the figures end in results.json and
 results.md there and are printed at the end. Concurrent load on the machine adds noise to the times, so
@@ -204,6 +205,10 @@ SIX_STEPS = {
     "warm": Step("tlsweep_warm", lambda six: six.sweep(["classifier.C=0.01,0.03,0.1"], "tlsweep_warm"), ("cold",)),
     "warm_line_search": Step("tlsweep_warm_line_search", lambda six: six.sweep(
         ["classifier=line_search_svc", "classifier.C=0.01,0.03,0.1"], "tlsweep_warm_line_search"), ("cold",)),
+    # the warm sweep's jobs two at a time, in joblib's worker processes: one liblinear fit per core
+    "warm_parallel": Step("tlsweep_warm_parallel", lambda six: six.sweep(
+        ["classifier.C=0.01,0.03,0.1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "tlsweep_warm_parallel"),
+                          ("cold",)),
     "throughput": Step("throughput", throughput),
 }
 
@@ -270,7 +275,8 @@ def table(rows: list[dict], floatfmt: str = ".1f") -> list[str]:
 SIX_RUNS = {"seed_style": "seed-style script (3 cut models)", "tlsweep_cold": "tlsweep cold, 3 cuts",
             "tlsweep_cold_no_scores": "tlsweep cold, 3 cuts, scores=[]",
             "one_pass": "hand-written one pass", "tlsweep_warm": "tlsweep warm, 3 cuts x 3 C",
-            "tlsweep_warm_line_search": "tlsweep warm, 3 cuts x 3 C, classifier=line_search_svc"}
+            "tlsweep_warm_line_search": "tlsweep warm, 3 cuts x 3 C, classifier=line_search_svc",
+            "tlsweep_warm_parallel": "tlsweep warm, 3 cuts x 3 C, joblib, 2 jobs at once (peak RSS: the parent's)"}
 # throughput key prefix: its row label
 EXTRACTIONS = {"predict_block5_pool": "`predict`, block5_pool cut, warm",
                "predict_three_outputs_cold": "`predict`, 3-output model, first call",
@@ -315,6 +321,10 @@ def report(results: dict) -> str:
     if warm and fast:
         lines.append(f"- warm sweep, liblinear / line_search_svc: end to end "
                      f"**{warm['total_s'] / fast['total_s']:.2f}x**, fits {warm['fit_s'] / fast['fit_s']:.2f}x")
+    both = six.get("tlsweep_warm_parallel")
+    if warm and both:
+        lines.append(f"- warm sweep, one job at a time / two at once (joblib): end to end "
+                     f"**{warm['total_s'] / both['total_s']:.2f}x**")
     tp = six.get("throughput")
     if tp:
         best = max(tp["matmul_gflops"].values())
