@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # runs on headless machines; figures are only ever saved
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from sklearn.metrics import ConfusionMatrixDisplay, balanced_accuracy_score, classification_report, top_k_accuracy_score
 
 TOP_K = 5  # top-5 accuracy is reported when there are more classes than this
@@ -29,8 +30,15 @@ class SplitReport:
 
 
 def figure_png(figure: plt.Figure) -> bytes:
-    """The figure as PNG bytes; the figure is closed, so a long sweep never accumulates open figures."""
+    """The figure as PNG bytes; the figure is closed, so a long sweep never accumulates open figures.
+
+    `tight_layout` leaves matplotlib's placeholder layout engine on a figure, and `savefig` then draws a figure
+    with any engine twice, once to lay it out; one already laid out drops it first, so it is drawn once, to
+    the same bytes.
+    """
     buffer = io.BytesIO()
+    if isinstance(figure.get_layout_engine(), PlaceHolderLayoutEngine):
+        figure.set_layout_engine(None)
     try:
         figure.savefig(buffer, format="png")
     finally:
