@@ -292,6 +292,22 @@ def job_overheads(runs: list[dict]) -> dict:
             "others": f"{min(others):.2f}-{max(others):.2f}" if others else "-"}
 
 
+# the report's "how many times" lines: (label, the slower run, the faster run, what the line adds, or None)
+RATIOS = (
+    ("seed-style / tlsweep cold", "seed_style", "tlsweep_cold",
+     lambda slow, fast: f" (extraction alone: {slow['extraction_s'] / fast['extraction_s']:.2f}x)"),
+    ("seed-style / tlsweep cold with scores=[]", "seed_style", "tlsweep_cold_no_scores", None),
+    ("warm sweep, liblinear / line_search_svc", "tlsweep_warm", "tlsweep_warm_line_search",
+     lambda slow, fast: f", fits {slow['fit_s'] / fast['fit_s']:.2f}x"),
+    ("warm sweep, one job at a time / two at once (joblib)", "tlsweep_warm", "tlsweep_warm_parallel", None),
+)
+
+
+def end_to_end(label: str, slower: dict, faster: dict) -> str:
+    """A report line: how many times the whole of `slower` took the whole of `faster`."""
+    return f"- {label}, end to end: **{slower['total_s'] / faster['total_s']:.2f}x**"
+
+
 def report(results: dict) -> str:
     """The figures as markdown: the tables docs/performance.md quotes."""
     lines = [f"machine: {results['machine']}", f"data: {results['data']}", ""]
@@ -302,14 +318,10 @@ def report(results: dict) -> str:
             for key, label in SIX_RUNS.items() if (row := six.get(key))]
     if rows:
         lines += [*table(rows), ""]
-    seed, cold, one, warm = (six.get(key) for key in ("seed_style", "tlsweep_cold", "one_pass", "tlsweep_warm"))
-    if seed and cold:
-        lines.append(f"- seed-style / tlsweep cold, end to end: **{seed['total_s'] / cold['total_s']:.2f}x**"
-                     f" (extraction alone: {seed['extraction_s'] / cold['extraction_s']:.2f}x)")
-    bare = six.get("tlsweep_cold_no_scores")
-    if seed and bare:
-        lines.append(f"- seed-style / tlsweep cold with scores=[], end to end: "
-                     f"**{seed['total_s'] / bare['total_s']:.2f}x**")
+    cold, one, warm = (six.get(key) for key in ("tlsweep_cold", "one_pass", "tlsweep_warm"))
+    for label, slower, faster, more in RATIOS:
+        if six.get(slower) and six.get(faster):
+            lines.append(end_to_end(label, six[slower], six[faster]) + (more(six[slower], six[faster]) if more else ""))
     if cold and one:
         lines.append(f"- tlsweep cold / hand-written one pass: **{cold['total_s'] / one['total_s']:.3f}**"
                      f" (overhead {100 * (cold['total_s'] / one['total_s'] - 1):+.1f}%)")
@@ -317,14 +329,6 @@ def report(results: dict) -> str:
         lines.append(f"- warm sweep: {len(warm['runs'])} runs, cnn_forward_images per run "
                      f"{sorted({int(r['cnn_forward_images']) for r in warm['runs']})} (read back from MLflow)"
                      + (f", cold sweep total {int(cold['cnn_forward_images'])}" if cold else ""))
-    fast = six.get("tlsweep_warm_line_search")
-    if warm and fast:
-        lines.append(f"- warm sweep, liblinear / line_search_svc: end to end "
-                     f"**{warm['total_s'] / fast['total_s']:.2f}x**, fits {warm['fit_s'] / fast['fit_s']:.2f}x")
-    both = six.get("tlsweep_warm_parallel")
-    if warm and both:
-        lines.append(f"- warm sweep, one job at a time / two at once (joblib): end to end "
-                     f"**{warm['total_s'] / both['total_s']:.2f}x**")
     tp = six.get("throughput")
     if tp:
         best = max(tp["matmul_gflops"].values())
