@@ -39,23 +39,13 @@ class Eigendecomposed:
 
 
 def by_eigh(features: np.ndarray, labels: np.ndarray) -> float:
-    """LogME as before: G's full eigendecomposition, on the cheaper route."""
+    """LogME as before: the same Gram matrix (`evidence._gram`), fully eigendecomposed."""
     x, classes, index = _arrays.features_and_classes(features, labels)
     n, d = x.shape
-    if _arrays.cheaper_in_samples(n, d):
-        gram = np.zeros((n, n))
-        for _, chunk in _arrays.chunks(x, axis=1):
-            gram += chunk @ chunk.T
-        s, u = np.linalg.eigh(gram)
-        s = np.maximum(s, 0.0)
-        z = _arrays.class_sums(index, len(classes), u) * np.sqrt(s)
-    else:
-        gram, sums = np.zeros((d, d)), np.zeros((len(classes), d))
-        for start, chunk in _arrays.chunks(x, axis=0):
-            gram += chunk.T @ chunk
-            sums += _arrays.class_sums(index[start:start + len(chunk)], len(classes), chunk)
-        s, v = np.linalg.eigh(gram)
-        s, z = np.maximum(s, 0.0), sums @ v
+    gram, w, samples = evidence._gram(x, index, len(classes), "auto")
+    s, vectors = np.linalg.eigh(gram)
+    s = np.maximum(s, 0.0)
+    z = (vectors.T @ w).T * (np.sqrt(s) if samples else 1.0)  # samples: z = sqrt(s) U^T y
     counts = np.bincount(index).astype(np.float64)
     return float(evidence._log_evidence(Eigendecomposed(s, z), counts, n, d).mean())
 

@@ -51,8 +51,9 @@ class _Spectrum:
         return m2, tx @ tx + 2 * t * m2
 
 
-def _spectrum(x: np.ndarray, index: np.ndarray, classes: int, route: str) -> _Spectrum:
-    """G and the class vectors w on the cheaper route (or the one asked for), reduced to tridiagonal form.
+def _gram(x: np.ndarray, index: np.ndarray, classes: int, route: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(G, the class vectors w, one column per class, whether it is the samples route) on the cheaper route or
+    the one asked for, accumulated in float64 a chunk at a time.
 
     The samples route uses G = F F^T (n x n) and w = y; the features route G = F^T F (d x d) and w = F^T y.
     Both give the same eigenvalues (up to the zeros beyond the rank) and the same sums.
@@ -65,12 +66,17 @@ def _spectrum(x: np.ndarray, index: np.ndarray, classes: int, route: str) -> _Sp
             gram += chunk @ chunk.T
         w = np.zeros((n, classes))
         w[np.arange(n), index] = 1.0
-    else:
-        gram, w = np.zeros((d, d)), np.zeros((classes, d))
-        for start, chunk in _arrays.chunks(x, axis=0):
-            gram += chunk.T @ chunk
-            w += _arrays.class_sums(index[start:start + len(chunk)], classes, chunk)
-        w = w.T
+        return gram, w, samples
+    gram, w = np.zeros((d, d)), np.zeros((classes, d))
+    for start, chunk in _arrays.chunks(x, axis=0):
+        gram += chunk.T @ chunk
+        w += _arrays.class_sums(index[start:start + len(chunk)], classes, chunk)
+    return gram, w.T, samples
+
+
+def _spectrum(x: np.ndarray, index: np.ndarray, classes: int, route: str) -> _Spectrum:
+    """G and the class vectors w (`_gram`), reduced to tridiagonal form."""
+    gram, w, samples = _gram(x, index, classes, route)
     size = len(gram)
     if size == 1:
         return _Spectrum(np.maximum(gram[0], 0.0), gram[0].copy(), np.zeros(0), w, samples)
