@@ -1,4 +1,5 @@
-"""Per-split reports: a figure laid out by tight_layout is drawn once to PNG, to the bytes savefig gives."""
+"""Per-split reports: a figure laid out by tight_layout is drawn once to PNG, to the bytes savefig gives; a
+confusion matrix writes its counts while they are legible and grows with the classes beyond."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import io
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from tlsweep.stages.analysis import report
@@ -35,3 +37,47 @@ def test_a_laid_out_figure_is_drawn_once_to_the_bytes_savefig_gives():
     figure.canvas.mpl_connect("draw_event", draws.append)
     assert report.figure_png(figure) == buffer.getvalue()
     assert len(draws) == 1 and not plt.fignum_exists(figure.number)
+
+
+def predictions(k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(k)
+    y = rng.integers(0, k, n)
+    return y, np.where(rng.random(n) < 0.7, y, rng.integers(0, k, n))
+
+
+def test_up_to_ten_classes_each_count_is_written_on_the_default_figure():
+    y, predicted = predictions(10, 500)
+    figure = report.confusion_figure(y, predicted, labels=range(10), names=[f"c{i}" for i in range(10)], title="t")
+    ax = figure.axes[0]
+    counts = {text.get_text() for text in ax.texts}
+    assert len(ax.texts) == 100 and str(int(np.sum((y == 0) & (predicted == 0)))) in counts
+    assert len(figure.axes) == 1  # no colorbar: the counts say it
+    assert tuple(figure.get_size_inches()) == tuple(plt.rcParams["figure.figsize"])
+    plt.close(figure)
+
+
+@pytest.mark.parametrize("k", [11, 100, 1000])
+def test_beyond_ten_classes_the_counts_are_colour_and_the_figure_grows(k):
+    y, predicted = predictions(k, 20 * k)
+    names = [f"class_{i}" for i in range(k)]
+    figure = report.confusion_figure(y, predicted, labels=range(k), names=names, title="t")
+    ax, colorbar = figure.axes
+    assert not ax.texts and colorbar.get_ylabel() == "" and colorbar.get_ylim()[1] >= 1
+    side = min(report.MAX_SIDE, report.SIDE + report.PER_CLASS * k)
+    assert tuple(figure.get_size_inches()) == (side, side) and side > plt.rcParams["figure.figsize"][1]  # taller
+    named = [label.get_text() for label in ax.get_yticklabels()]
+    assert len(named) <= report.MAX_LABELS and named[0] == "class_0"
+    assert set(named) <= set(names) and (len(named) == k) == (k <= report.MAX_LABELS)
+    image = plt.imread(io.BytesIO(report.figure_png(figure)))
+    assert image.shape[0] == round(side * figure.dpi)
+
+
+def test_a_dollar_in_a_class_name_is_drawn_as_written():
+    y, predicted = predictions(3, 60)
+    figure = report.confusion_figure(y, predicted, labels=range(3), names=["$5 bill", "a$b$c", "plain"], title="t")
+    renderer = figure.canvas.get_renderer()
+    for label in figure.axes[0].get_xticklabels()[:2]:
+        assert label.get_text().count(r"\$") == label.get_text().count("$")  # every $ escaped
+        assert not label._preprocess_math(label.get_text())[1]  # so matplotlib does not parse it as mathtext
+        assert label.get_window_extent(renderer).width > 0
+    plt.close(figure)

@@ -15,6 +15,12 @@ from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from sklearn.metrics import ConfusionMatrixDisplay, balanced_accuracy_score, classification_report, top_k_accuracy_score
 
 TOP_K = 5  # top-5 accuracy is reported when there are more classes than this
+# A confusion matrix writes each cell's count up to VALUES_UP_TO classes, as many as the default figure holds
+# legibly; the text is most of its drawing (100 classes: 10,000 counts, 11 s a split, unreadable). Beyond, the
+# figure's side grows with the classes (inches), up to MAX_SIDE, with at most MAX_LABELS class names on each axis.
+VALUES_UP_TO = 10
+SIDE, PER_CLASS, MAX_SIDE = 5.0, 0.1, 20.0
+MAX_LABELS, LABEL_POINTS = 140, 6
 
 
 @dataclass(frozen=True)
@@ -59,16 +65,36 @@ def classification_reports(
         kwargs = dict(labels=list(labels), target_names=list(names), zero_division=0)
         text = classification_report(y, predicted, **kwargs)
         table = classification_report(y, predicted, output_dict=True, **kwargs)
-        display = ConfusionMatrixDisplay.from_predictions(
-            y, predicted, labels=list(labels), display_labels=list(names), xticks_rotation=45, colorbar=False
-        )
-        display.ax_.set_title(f"{title}{split} (accuracy {table['accuracy']:.3f})", fontsize=9)
-        display.figure_.tight_layout()
+        figure = confusion_figure(y, predicted, labels=labels, names=names,
+                                  title=f"{title}{split} (accuracy {table['accuracy']:.3f})")
         top5 = (float(top_k_accuracy_score(y, scores, k=TOP_K, labels=classes)) if len(classes) > TOP_K else None)
-        reports.append(SplitReport(split, text, table, figure_png(display.figure_),
+        reports.append(SplitReport(split, text, table, figure_png(figure),
                                    float(balanced_accuracy_score(y, predicted)), top5, np.asarray(y),
                                    np.asarray(predicted)))
     return reports
+
+
+def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, *, labels: Sequence[int], names: Sequence[str],
+                     title: str) -> plt.Figure:
+    """The split's ConfusionMatrixDisplay, laid out. Up to VALUES_UP_TO classes each cell's count is written on
+    the default figure; beyond, the counts are colour alone against a colorbar (every image's true and predicted
+    class stay in predictions/<split>.csv), and the figure grows with the classes so each keeps a readable row;
+    past MAX_LABELS classes only every step-th is named. A "$" in a class name is text, not mathtext."""
+    k = len(labels)
+    values = k <= VALUES_UP_TO
+    figure, ax = plt.subplots(figsize=None if values else (min(MAX_SIDE, SIDE + PER_CLASS * k),) * 2)
+    display = ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=list(labels), display_labels=[name.replace("$", r"\$") for name in names], ax=ax,
+        include_values=values, colorbar=not values, xticks_rotation=45 if values else 90,
+    )
+    if not values:
+        step = -(-k // MAX_LABELS)
+        for axis in (ax.xaxis, ax.yaxis):
+            ticks = list(range(0, k, step))
+            axis.set_ticks(ticks, [display.display_labels[i] for i in ticks], fontsize=LABEL_POINTS)
+    ax.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
 
 
 def search_plot(Cs: Sequence[float], val_accuracy: Sequence[float], selected_C: float, *, title: str) -> bytes:
