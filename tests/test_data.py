@@ -80,6 +80,20 @@ def test_bad_class_subsets(classes, message):
     assert f"data.classes={classes}" in str(err.value)
 
 
+HUNDRED = ",".join(f"class_{i:03d}" for i in range(100))
+
+
+@pytest.mark.parametrize("classes, shown", [
+    ("deer,dog,frog", "deer,dog,frog"),
+    (",".join(datasets.CIFAR10_CLASSES), ",".join(datasets.CIFAR10_CLASSES)),  # 60 characters: whole
+    (HUNDRED, "class_000,class_001,class_002,class_003,class_004,…,class_099"),
+    ("x" * 80 + ",b", "x" * 59 + "…"),  # no whole class fits before the last
+])
+def test_a_long_class_list_is_shown_by_its_first_classes_and_its_last(classes, shown):
+    assert datasets.brief_classes(classes) == shown
+    assert len(shown) <= datasets.CLASSES_SHOWN + 1
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, 1.5])
 def test_val_fraction_outside_open_interval(compose, fraction):
     with pytest.raises(ConfigError, match=r"\(0, 1\)"):

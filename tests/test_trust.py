@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tlsweep import identity
+from tlsweep.job import JobSpec, run_name
 from tlsweep.redact import redact, redact_mapping
 from tlsweep.sweep import summary
 from tlsweep.tracking import heartbeat, runs
@@ -95,6 +97,21 @@ def test_each_setting_that_varies_gets_a_column_in_every_table():
     assert "data.image_size=48" in summary.selection_markdown(rows, best, summary.varied(table))
     # a setting that does not vary is no column
     assert "classifier.tol" not in summary.public(table).columns
+
+
+def test_a_long_class_list_is_shortened_in_the_terminal_and_run_names_and_kept_whole_in_the_files():
+    names = ",".join(f"class_{i:03d}" for i in range(100))
+    table = summary.comparison_table([_run("a", 0.6, tags={Tag.CLASSES: names})])
+    terminal = summary.terminal_table(table)
+    assert ",…,class_099" in terminal and "class_050" not in terminal
+    assert max(len(line) for line in terminal.splitlines()) < 200
+    assert summary.public(table)["classes"].tolist() == [names]  # comparison.csv and .md
+    rows, best = summary.selection(table)
+    assert names in summary.selection_markdown(rows, best)
+    config = SimpleNamespace(model=SimpleNamespace(name="vgg16"), layer="block4_pool",
+                             classifier=SimpleNamespace(C=0.1))
+    spec = JobSpec(config=config, record=SimpleNamespace(tags={Tag.CLASSES: names}))
+    assert run_name(spec) == "vgg16/block4_pool C=0.1 class_000,class_001,class_002,class_003,class_004,…,class_099"
 
 
 def test_ties_name_one_best_the_smallest_C_then_the_cheapest_cut():

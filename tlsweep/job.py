@@ -281,11 +281,12 @@ def describe(config: TlsweepConfig) -> str:
 
 
 def run_name(spec: JobSpec) -> str:
-    """`vgg16/block5_pool C=0.1 deer,dog,frog`: the cut, its C and its classes by name, as tables show them."""
+    """`vgg16/block5_pool C=0.1 deer,dog,frog`: the cut, its C and its classes by name, as the terminal's table
+    shows them (a long list shortened: `datasets.brief_classes`)."""
     config = spec.config
     C = config.classifier.C
     return (f"{config.model.name}/{config.layer} C={C if isinstance(C, str) else format(C, 'g')} "
-            f"{spec.record.tags[Tag.CLASSES]}")[:250]
+            f"{datasets.brief_classes(spec.record.tags[Tag.CLASSES])}")[:250]
 
 
 def failure_line(cfg: DictConfig, err: BaseException) -> str:

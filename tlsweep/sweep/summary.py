@@ -20,6 +20,7 @@ import pandas as pd
 
 from tlsweep import identity
 from tlsweep.stages.analysis.report import figure_png
+from tlsweep.stages.data import datasets
 from tlsweep.sweep import depth, figures, scoring
 from tlsweep.tracking.names import SPLITS, Artifact, Metric, Param, Status
 from tlsweep.tracking.stored import COLUMNS, RunRecord
@@ -181,7 +182,7 @@ def terminal_table(table: pd.DataFrame) -> str:
     shown = pd.DataFrame({
         " ": ["*" if index == best else "" for index in view.index],
         **{key: view[key] for key in varied(table)},
-        "layer": view["layer"], "classes": view["classes"],
+        "layer": view["layer"], "classes": view["classes"].map(datasets.brief_classes),
         "C": [figures.C_text(C, chosen) for C, chosen in zip(view["C"], view["C_chosen"])],
         "train": view["train_mean"], "val": view["val_mean"], "test": view["test_mean"],
         **{column.removeprefix(Metric.SCORE_PREFIX): view[column] for column in scoring.score_columns(view)},

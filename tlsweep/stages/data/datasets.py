@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "digits": DIGITS_CLASSES}
 DATASETS = (*CLASS_NAMES, "folder")  # a folder's class names are its sorted subfolders (stages.folder)
+CLASSES_SHOWN = 60  # characters of the class list the terminal's table and a run's name show (brief_classes)
 NATIVE_SIZES = {"cifar10": 32, "digits": 8}  # the input size when data.image_size is null; a folder's: its images'
 
 
@@ -140,6 +141,17 @@ def describe_classes(name: str, classes: Sequence[int], path: Optional[str] = No
     """Class names for tags ("deer,dog,..."); indices that are not valid stay as given."""
     names = folder.class_folder_names(path) if name == "folder" else CLASS_NAMES.get(name, ())
     return ",".join(names[c] if isinstance(c, int) and 0 <= c < len(names) else str(c) for c in classes)
+
+
+def brief_classes(classes: str, width: int = CLASSES_SHOWN) -> str:
+    """`describe_classes`' text as the terminal's table and run names show it: whole up to `width` characters,
+    else the classes that fit, an ellipsis and the last class ("class_000,class_001,...,class_099")."""
+    if len(classes) <= width:
+        return classes
+    head, _, last = classes.rpartition(",")
+    room = max(width - len(last) - 2, 0)
+    kept = head[:room] if head[room:room + 1] in ("", ",") else head[:room].rpartition(",")[0]  # whole names
+    return f"{kept},…,{last}" if kept else f"{classes[:width - 1]}…"
 
 
 def split_train_val(labels: np.ndarray, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
