@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from tlsweep import identity
 from tlsweep.job import JobSpec, run_name
 from tlsweep.redact import redact, redact_mapping
-from tlsweep.sweep import summary
+from tlsweep.sweep import figures, summary
 from tlsweep.tracking import heartbeat, runs
 from tlsweep.tracking.names import Artifact, Status, Tag, class_keys
 from tlsweep.tracking.store import Store
@@ -108,6 +108,13 @@ def test_a_long_class_list_is_shortened_in_the_terminal_and_run_names_and_kept_w
     assert summary.public(table)["classes"].tolist() == [names]  # comparison.csv and .md
     rows, best = summary.selection(table)
     assert names in summary.selection_markdown(rows, best)
+    two_cuts = [_run("a", 0.6, tags={Tag.CLASSES: names}),
+                _run("b", 0.7, layer="block5_pool", layer_index=18, tags={Tag.CLASSES: names})]
+    files = summary.summary_files(summary.comparison_table(two_cuts), two_cuts)
+    shortened = "class_000_class_001_class_002_class_003_class_004_..._class_099"
+    assert Artifact.figure(Artifact.ACCURACY_VS_LAYER, f"vgg16-{shortened}-C0.1") in files
+    assert figures.title(summary.comparison_table(two_cuts).iloc[0]) == (
+        "vgg16, classes class_000,class_001,class_002,class_003,class_004,…,class_099, C=0.1")
     config = SimpleNamespace(model=SimpleNamespace(name="vgg16"), layer="block4_pool",
                              classifier=SimpleNamespace(C=0.1))
     spec = JobSpec(config=config, record=SimpleNamespace(tags={Tag.CLASSES: names}))

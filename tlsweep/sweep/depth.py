@@ -32,6 +32,7 @@ import pandas as pd
 
 from tlsweep.stages.analysis import cka
 from tlsweep.stages.analysis.report import figure_png
+from tlsweep.stages.data import datasets
 from tlsweep.stages.features.cache import FeatureCache
 from tlsweep.tracking.names import Artifact, Status
 from tlsweep.tracking.stored import RunRecord
@@ -65,7 +66,8 @@ def depth_profiles(rows: pd.DataFrame) -> dict[str, plt.Figure]:
         ax.set_xlim(0, 1.05)
         ax.set_xlabel("layer_depth (0: input, 1: the model's last stage)")
         ax.set_ylabel("accuracy")
-        ax.set_title(f"Transfer by depth, classes {classes}\nbest configuration per cut, chosen on val", fontsize=9)
+        ax.set_title(f"Transfer by depth, classes {datasets.brief_classes(classes)}\nbest configuration per cut, "
+                     "chosen on val", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         figure.tight_layout()
@@ -74,8 +76,8 @@ def depth_profiles(rows: pd.DataFrame) -> dict[str, plt.Figure]:
     return figures
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(text))[:80]
+def _slug(classes: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in datasets.brief_classes(classes, ellipsis="..."))
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,8 @@ def _heatmap(similarity: Similarity) -> bytes:
         ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
                 color="white" if matrix[i, j] < 0.6 else "black")
     kind = "debiased linear CKA" if similarity.debiased else "linear CKA (biased)"
-    ax.set_title(f"{kind} between cuts, classes {similarity.classes}\n({similarity.images} train images; by model, "
-                 "input to output)", fontsize=8)
+    ax.set_title(f"{kind} between cuts, classes {datasets.brief_classes(similarity.classes)}\n"
+                 f"({similarity.images} train images; by model, input to output)", fontsize=8)
     figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     figure.tight_layout()
     return figure_png(figure)

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from tlsweep import identity
+from tlsweep.stages.data import datasets
 from tlsweep.tracking.names import SPLITS, Artifact, Metric, Param
 from tlsweep.tracking.stored import RunRecord
 
@@ -48,7 +49,8 @@ def _settings(row: pd.Series, keys: Sequence[str]) -> list[tuple[str, str]]:
 
 def title(row: pd.Series, keys: Sequence[str] = ()) -> str:
     """`vgg16, classes deer,dog, C=0.1`, plus each setting that sets this curve apart."""
-    return ", ".join([row["model"], f"classes {row['classes']}", *(f"{k}={v}" for k, v in _settings(row, keys))])
+    return ", ".join([row["model"], f"classes {datasets.brief_classes(row['classes'])}",
+                      *(f"{k}={v}" for k, v in _settings(row, keys))])
 
 
 def slug(*parts) -> str:
@@ -56,7 +58,12 @@ def slug(*parts) -> str:
 
 
 def _slug_of(row: pd.Series, keys: Sequence[str]) -> str:
-    return slug(row["model"], row["classes"], *(f"C{v}" if k == "C" else v for k, v in _settings(row, keys)))
+    return slug(row["model"], _classes_slug(row["classes"]),
+                *(f"C{v}" if k == "C" else v for k, v in _settings(row, keys)))
+
+
+def _classes_slug(classes: str) -> str:
+    return datasets.brief_classes(classes, ellipsis="...")
 
 
 def _curves(table: pd.DataFrame, *along: str):
@@ -134,7 +141,7 @@ def val_accuracy_vs_C(done: pd.DataFrame) -> dict[str, plt.Figure]:
             points = by_layer.groupby("C_value")[Metric.accuracy("val")].mean()
             ax.plot(points.index, points.values, marker="o", label=layer)
         ax.set_xscale("log")
-        _label(ax, "C", "val accuracy", f"{first['model']}, classes {first['classes']}")
-        name = Artifact.figure(Artifact.VAL_ACCURACY_VS_C, slug(first["model"], first["classes"]))
+        _label(ax, "C", "val accuracy", f"{first['model']}, classes {datasets.brief_classes(first['classes'])}")
+        name = Artifact.figure(Artifact.VAL_ACCURACY_VS_C, slug(first["model"], _classes_slug(first["classes"])))
         figures[_unique(name, figures, first)] = fig
     return figures

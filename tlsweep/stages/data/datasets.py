@@ -143,15 +143,16 @@ def describe_classes(name: str, classes: Sequence[int], path: Optional[str] = No
     return ",".join(names[c] if isinstance(c, int) and 0 <= c < len(names) else str(c) for c in classes)
 
 
-def brief_classes(classes: str, width: int = CLASSES_SHOWN) -> str:
+def brief_classes(classes: str, width: int = CLASSES_SHOWN, ellipsis: str = "…") -> str:
     """`describe_classes`' text as the terminal's table and run names show it: whole up to `width` characters,
-    else the classes that fit, an ellipsis and the last class ("class_000,class_001,...,class_099")."""
+    else the classes that fit, an ellipsis and the last class ("class_000,class_001,…,class_099"); a file name's
+    takes ellipsis="..."."""
     if len(classes) <= width:
         return classes
     head, _, last = classes.rpartition(",")
     room = max(width - len(last) - 2, 0)
     kept = head[:room] if head[room:room + 1] in ("", ",") else head[:room].rpartition(",")[0]  # whole names
-    return f"{kept},…,{last}" if kept else f"{classes[:width - 1]}…"
+    return f"{kept},{ellipsis},{last}" if kept else f"{classes[:width - 1]}{ellipsis}"
 
 
 def split_train_val(labels: np.ndarray, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
