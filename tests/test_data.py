@@ -88,10 +88,13 @@ HUNDRED = ",".join(f"class_{i:03d}" for i in range(100))
     (",".join(datasets.CIFAR10_CLASSES), ",".join(datasets.CIFAR10_CLASSES)),  # 60 characters: whole
     (HUNDRED, "class_000,class_001,class_002,class_003,class_004,…,class_099"),
     ("x" * 80 + ",b", "x" * 59 + "…"),  # no whole class fits before the last
+    ("ab," * 17 + "abcdefghij,zz", "ab,ab,ab,ab,ab,ab,ab,ab,ab,ab,ab,ab,ab,ab,ab,ab,ab,…,zz"),  # ends on a whole name
+    (",".join(["long_class_name"] * 3 + ["short"] * 9), "long_class_name," * 3 + "short,…,short"),
 ])
 def test_a_long_class_list_is_shown_by_its_first_classes_and_its_last(classes, shown):
     assert datasets.brief_classes(classes) == shown
-    assert len(shown) <= datasets.CLASSES_SHOWN + 1
+    assert len(datasets.brief_classes(classes)) <= datasets.CLASSES_SHOWN + 1  # the ellipsis is one character
+    assert datasets.brief_classes(classes, ellipsis="...") == shown.replace("…", "...")
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, 1.5])

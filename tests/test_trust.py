@@ -7,17 +7,19 @@ to end are in test_trust_cli.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tlsweep import identity
 from tlsweep.job import JobSpec, run_name
 from tlsweep.redact import redact, redact_mapping
-from tlsweep.sweep import figures, summary
+from tlsweep.sweep import depth, figures, summary
 from tlsweep.tracking import heartbeat, runs
 from tlsweep.tracking.names import Artifact, Status, Tag, class_keys
 from tlsweep.tracking.store import Store
@@ -119,6 +121,56 @@ def test_a_long_class_list_is_shortened_in_the_terminal_and_run_names_and_kept_w
                              classifier=SimpleNamespace(C=0.1))
     spec = JobSpec(config=config, record=SimpleNamespace(tags={Tag.CLASSES: names}))
     assert run_name(spec) == "vgg16/block4_pool C=0.1 class_000,class_001,class_002,class_003,class_004,…,class_099"
+
+
+def test_two_tasks_whose_long_class_lists_read_the_same_keep_a_metric_each_on_the_parent():
+    names = ",".join(f"class_{i:03d}" for i in range(100))
+    other = ",".join(f"class_{i:03d}" for i in (*range(5), *range(50, 100)))  # shortened, it reads the same
+    records = [_run("a", 0.6, tags={Tag.CLASSES: names}),
+               _run("b", 0.7, data__classes="[0, 1]", tags={Tag.CLASSES: other}),
+               _run("c", 0.8, tags={Tag.CLASSES: names, Tag.DATA_FINGERPRINT: "e" * 16})]  # same classes, other data
+    metrics = summary.parent_metrics(summary.comparison_table(records))
+    per_layer = {key: value for key, value in metrics.items() if key.startswith("val_accuracy/")}
+    assert sorted(per_layer.values()) == [0.6, 0.7, 0.8]  # none overwritten
+    assert all(len(key) <= 250 for key in metrics)  # what MLflow takes
+    name = "val_accuracy/vgg16/class_000_class_001_class_002_class_003_class_004_..._class_099/block4_pool"
+    assert {name, f"{name} task 2", f"{name} task 3"} == set(per_layer)
+
+
+def _two_cuts(names: str) -> list[RunRecord]:
+    """block4_pool and block5_pool of one task, each with a test recall per class."""
+    recall = {name: 0.5 for name in names.split(",")}
+    return [dataclasses.replace(_run("a", 0.6, tags={Tag.CLASSES: names}), test_recall=recall),
+            dataclasses.replace(_run("b", 0.7, layer="block5_pool", layer_index=18, tags={Tag.CLASSES: names}),
+                                test_recall=recall)]
+
+
+def test_class_names_that_are_not_mathtext_are_drawn_as_they_are_in_every_summary_figure():
+    records = _two_cuts("a$^$b,$5 bill,plain,5$")  # an even count of "$": matplotlib would parse "$^$" and raise
+    files = summary.summary_files(summary.comparison_table(records), records)
+    drawn = [name for name in files if name.endswith(".png")]
+    assert [name.split("-")[0] for name in drawn] == ["accuracy_vs_layer", "class_recall_vs_layer"]
+    recall = figures.class_recall_vs_layer(summary.comparison_table(records), records)
+    ax = next(iter(recall.values())).axes[0]
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["a$^$b", "$5 bill", "plain", "5$"]
+
+
+@pytest.mark.parametrize("classes, rows_named, values", [(100, 100, True), (300, 100, False)])
+def test_per_class_recall_gives_each_class_a_row_up_to_a_tall_figure_then_colour_alone(classes, rows_named, values):
+    records = _two_cuts(",".join(f"class_{i:03d}" for i in range(classes)))
+    figure = next(iter(figures.class_recall_vs_layer(summary.comparison_table(records), records).values()))
+    ax = figure.axes[0]
+    assert figure.get_size_inches()[1] == min(classes * figures.RECALL_ROW + 1.8, figures.RECALL_MAX_HEIGHT)
+    assert len(ax.get_yticklabels()) == rows_named and bool(ax.texts) == values
+    assert len(ax.texts) == (2 * classes if values else 0)
+
+
+def test_cka_files_of_two_tasks_whose_classes_read_the_same_are_both_kept():
+    long, other = (",".join(f"class_{i:03d}" for i in ids) for ids in (range(100), (*range(5), *range(50, 100))))
+    similarities = [depth.Similarity(classes, ("vgg16/block4_pool", "vgg16/block5_pool"), np.eye(2) * value, 10,
+                                     True) for classes, value in ((long, 1.0), (other, 0.5))]
+    files = depth.similarity_files(similarities)
+    assert len(files) == 4 and len({files[name] for name in files if name.endswith(".csv")}) == 2
 
 
 def test_ties_name_one_best_the_smallest_C_then_the_cheapest_cut():

@@ -67,12 +67,14 @@ def depth_profiles(rows: pd.DataFrame) -> dict[str, plt.Figure]:
         ax.set_xlabel("layer_depth (0: input, 1: the model's last stage)")
         ax.set_ylabel("accuracy")
         ax.set_title(f"Transfer by depth, classes {datasets.brief_classes(classes)}\nbest configuration per cut, "
-                     "chosen on val", fontsize=9)
+                     "chosen on val", fontsize=9, parse_math=False)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         figure.tight_layout()
         name = Artifact.figure(Artifact.DEPTH_PROFILE, _slug(classes))
-        figures[name if name not in figures else Artifact.figure(Artifact.DEPTH_PROFILE, f"{_slug(classes)}-{len(figures)}")] = figure
+        if name in figures:  # another task whose classes read the same
+            name = Artifact.figure(Artifact.DEPTH_PROFILE, f"{_slug(classes)}-{len(figures)}")
+        figures[name] = figure
     return figures
 
 
@@ -144,7 +146,7 @@ def _heatmap(similarity: Similarity) -> bytes:
                 color="white" if matrix[i, j] < 0.6 else "black")
     kind = "debiased linear CKA" if similarity.debiased else "linear CKA (biased)"
     ax.set_title(f"{kind} between cuts, classes {datasets.brief_classes(similarity.classes)}\n"
-                 f"({similarity.images} train images; by model, input to output)", fontsize=8)
+                 f"({similarity.images} train images; by model, input to output)", fontsize=8, parse_math=False)
     figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     figure.tight_layout()
     return figure_png(figure)
@@ -154,8 +156,9 @@ def similarity_files(similarities: Sequence[Similarity]) -> dict[str, str | byte
     """`cka.{csv,png}`: one matrix over every (model, cut) of the sweep, ordered by model and depth; with
     several tasks, `cka-<classes>.{csv,png}` for each."""
     files: dict[str, str | bytes] = {}
-    for similarity in similarities:
+    for number, similarity in enumerate(similarities, start=1):
         name = Artifact.CKA if len(similarities) == 1 else f"{Artifact.CKA}-{_slug(similarity.classes)}"
+        name = name if f"{name}.csv" not in files else f"{name}-{number}"  # tasks whose classes read the same
         labels = list(similarity.labels)
         files[f"{name}.csv"] = pd.DataFrame(similarity.matrix, index=labels, columns=labels).to_csv(
             float_format="%.6f")

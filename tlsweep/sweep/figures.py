@@ -4,7 +4,9 @@ never averages runs that differ in anything but their seed."""
 
 from __future__ import annotations
 
+import math
 import re
+import textwrap
 from typing import Sequence
 
 import matplotlib
@@ -21,6 +23,9 @@ from tlsweep.tracking.stored import RunRecord
 ACCURACIES = tuple(Metric.accuracy(split) for split in SPLITS)  # the comparison table's accuracy columns
 CONFIG = "_config"  # the comparison table's hidden column: each run's configuration, as (key, value) pairs
 # protocol settings a title names when they are not the schema's default
+# the per-class recall heatmap gives each class a row this tall (inches), up to a figure this tall; beyond,
+# recall is colour alone and every few classes are named
+RECALL_ROW, RECALL_MAX_HEIGHT = 0.35, 40.0
 PROTOCOL = {"classifier": Param.CLASSIFIER, "pooling": Param.POOLING, "normalize": Param.NORMALIZE,
             "train_per_class": Param.TRAIN_PER_CLASS}
 
@@ -83,7 +88,7 @@ def _unique(name: str, figures: dict, row: pd.Series) -> str:
 def _label(ax, xlabel: str, ylabel: str, title_text: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title_text, fontsize=9)
+    ax.set_title(title_text, fontsize=9, parse_math=False)  # names as they are: a "$" is not mathtext
     ax.grid(alpha=0.3)
     ax.legend()
     ax.figure.tight_layout()
@@ -114,16 +119,21 @@ def class_recall_vs_layer(done: pd.DataFrame, records: Sequence[RunRecord], keys
         frame = pd.DataFrame(per_run).groupby(["layer_index", "layer"], dropna=False).mean().droplevel(0)
         if frame.shape[0] < 2 or frame.shape[1] == 0:
             continue
-        fig, ax = plt.subplots(figsize=(1.2 * frame.shape[0] + 3, 0.35 * frame.shape[1] + 1.8))
+        classes = frame.shape[1]
+        rows_fit = classes * RECALL_ROW + 1.8 <= RECALL_MAX_HEIGHT  # each class a row of its own, its values written
+        fig, ax = plt.subplots(figsize=(1.2 * frame.shape[0] + 3, min(classes * RECALL_ROW + 1.8, RECALL_MAX_HEIGHT)))
         image = ax.imshow(frame.T.values, aspect="auto", cmap="viridis", vmin=0, vmax=1)
         ax.set_xticks(range(frame.shape[0]), frame.index, rotation=30, ha="right")
-        ax.set_yticks(range(frame.shape[1]), [name.replace("$", r"\$") for name in frame.columns])
-        for (i, j), value in pd.DataFrame(frame.T.values).stack().items():
+        named = range(0, classes, 1 if rows_fit else math.ceil(classes * RECALL_ROW / (RECALL_MAX_HEIGHT - 1.8)))
+        ax.set_yticks(named, [frame.columns[i] for i in named], parse_math=False)
+        for (i, j), value in pd.DataFrame(frame.T.values).stack().items() if rows_fit else ():
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if value < 0.6 else "black")
         fig.colorbar(image, ax=ax, label="test recall")
         ax.set_xlabel("cut layer (input → output)")
-        ax.set_title(f"test recall per class: {title(first, keys)}", fontsize=9)
+        width = 1.2 * frame.shape[0] + 3  # inches: about 13 characters of a 9-point title each
+        ax.set_title(textwrap.fill(f"test recall per class: {title(first, keys)}", int(13 * width)), fontsize=9,
+                     parse_math=False)
         fig.tight_layout()
         figures[_unique(Artifact.figure(Artifact.CLASS_RECALL_VS_LAYER, _slug_of(first, keys)), figures, first)] = fig
     return figures

@@ -202,8 +202,13 @@ def parent_metrics(table: pd.DataFrame) -> dict[str, float]:
         return extra
     metrics = {**extra, Metric.BEST_VAL_ACCURACY: float(best["val_mean"]), Metric.BEST_TEST_ACCURACY: float(best["test_mean"])}
     several = rows[["model", TASK]].drop_duplicates().shape[0] > 1
-    for _, row in rows.iterrows():
-        name = _metric_name(f"{row['model']}/{row['classes']}/{row['layer']}" if several else row["layer"])
+    tasks: dict[str, list] = {}  # the tasks whose names read the same (a long class list shortened, the same
+    for _, row in rows.iterrows():  # classes on other data): the second and later get " task 2", ...
+        classes = datasets.brief_classes(row["classes"], ellipsis="...")
+        name = _metric_name(f"{row['model']}/{classes}/{row['layer']}" if several else row["layer"])
+        same = tasks.setdefault(name, [])
+        same += [row[TASK]] if row[TASK] not in same else []
+        name += f" task {same.index(row[TASK]) + 1}" if same.index(row[TASK]) else ""
         metrics[Metric.per_layer("val", name)] = float(row["val_mean"])
         metrics[Metric.per_layer("test", name)] = float(row["test_mean"])
     return metrics

@@ -77,22 +77,26 @@ def classification_reports(
 def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, *, labels: Sequence[int], names: Sequence[str],
                      title: str) -> plt.Figure:
     """The split's ConfusionMatrixDisplay, laid out. Up to VALUES_UP_TO classes each cell's count is written on
-    the default figure; beyond, the counts are colour alone against a colorbar (every image's true and predicted
-    class stay in predictions/<split>.csv), and the figure grows with the classes so each keeps a readable row;
-    past MAX_LABELS classes only every step-th is named. A "$" in a class name is text, not mathtext."""
+    the default figure. Beyond, each row is coloured as a fraction of its true class (the diagonal is each
+    class's recall) against a colorbar, the counts staying in predictions/<split>.csv (every image's true and
+    predicted class), and the figure grows with the classes so each keeps a readable row; past MAX_LABELS
+    classes only every step-th is named. Class names are drawn as they are ("$" is not mathtext)."""
     k = len(labels)
-    values = k <= VALUES_UP_TO
-    figure, ax = plt.subplots(figsize=None if values else (min(MAX_SIDE, SIDE + PER_CLASS * k),) * 2)
+    write_counts = k <= VALUES_UP_TO
+    figure, ax = plt.subplots(figsize=None if write_counts else (min(MAX_SIDE, SIDE + PER_CLASS * k),) * 2)
     display = ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=list(labels), display_labels=[name.replace("$", r"\$") for name in names], ax=ax,
-        include_values=values, colorbar=not values, xticks_rotation=45 if values else 90,
+        y_true, y_pred, labels=list(labels), display_labels=list(names), ax=ax, include_values=write_counts,
+        colorbar=not write_counts, xticks_rotation=45 if write_counts else 90,
+        **({} if write_counts else {"normalize": "true", "im_kw": {"vmin": 0, "vmax": 1}}),
     )
-    if not values:
-        step = -(-k // MAX_LABELS)
-        for axis in (ax.xaxis, ax.yaxis):
-            ticks = list(range(0, k, step))
-            axis.set_ticks(ticks, [display.display_labels[i] for i in ticks], fontsize=LABEL_POINTS)
-    ax.set_title(title, fontsize=9)
+    step = 1 if k <= MAX_LABELS else -(-k // MAX_LABELS)
+    for axis in (ax.xaxis, ax.yaxis):
+        ticks = list(range(0, k, step))
+        axis.set_ticks(ticks, [names[i] for i in ticks], parse_math=False,
+                       **({} if write_counts else {"fontsize": LABEL_POINTS}))
+    if not write_counts:
+        display.im_.colorbar.set_label("fraction of the true class")
+    ax.set_title(title, fontsize=9, parse_math=False)
     figure.tight_layout()
     return figure
 

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 CLASS_NAMES = {"cifar10": CIFAR10_CLASSES, "digits": DIGITS_CLASSES}
 DATASETS = (*CLASS_NAMES, "folder")  # a folder's class names are its sorted subfolders (stages.folder)
-CLASSES_SHOWN = 60  # characters of the class list the terminal's table and a run's name show (brief_classes)
+CLASSES_SHOWN = 60  # characters of a class list in the terminal's table, run names, figures and their files
 NATIVE_SIZES = {"cifar10": 32, "digits": 8}  # the input size when data.image_size is null; a folder's: its images'
 
 
@@ -144,9 +144,10 @@ def describe_classes(name: str, classes: Sequence[int], path: Optional[str] = No
 
 
 def brief_classes(classes: str, width: int = CLASSES_SHOWN, ellipsis: str = "…") -> str:
-    """`describe_classes`' text as the terminal's table and run names show it: whole up to `width` characters,
-    else the classes that fit, an ellipsis and the last class ("class_000,class_001,…,class_099"); a file name's
-    takes ellipsis="..."."""
+    """`describe_classes`' text as the terminal's table, run names and figures show it: whole up to `width`
+    characters, else the classes that fit, an ellipsis and the last class ("class_000,class_001,…,class_099"),
+    or the first `width` characters when not even the first class fits beside the last. It splits at commas,
+    so a name that holds one may be cut inside. File and metric names take ellipsis="..."."""
     if len(classes) <= width:
         return classes
     head, _, last = classes.rpartition(",")
