@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from tlsweep.errors import ConfigError
 from tlsweep.tracking.names import Artifact, Kind, Metric, Param, Status, Tag
 
-ODD = ("great (white) shark", "a+b", "a&b", "o'neill", "x, y", "Ünïcødé ελάφι")
+ODD = ("great (white) shark", "a+b", "a&b", "o'neill", "x, y", "Ünïcødé ελάφι", "a$^$b")  # "$^$": bad mathtext
 SECRET = "hunter2-s3cret"
 
 
@@ -44,7 +44,7 @@ def _everything_logged(client: MlflowClient, run, folder: Path) -> str:
 
 @pytest.fixture(scope="module")
 def odd_sweep(tmp_path_factory, image_folder_writer, cli, tiny):
-    """`-m data.image_size=32,40` on a folder whose class names hold ( ) + & ' , space and non-ASCII letters,
+    """`-m data.image_size=32,40` on a folder whose class names hold ( ) + & ' , $ space and non-ASCII letters,
     with a password passed as an override: (result, client, parent, children, folder)."""
     work = tmp_path_factory.mktemp("odd")
     root = image_folder_writer(work / "images", classes=ODD, per_class=8)
