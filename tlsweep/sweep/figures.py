@@ -22,10 +22,10 @@ from tlsweep.tracking.stored import RunRecord
 
 ACCURACIES = tuple(Metric.accuracy(split) for split in SPLITS)  # the comparison table's accuracy columns
 CONFIG = "_config"  # the comparison table's hidden column: each run's configuration, as (key, value) pairs
-# protocol settings a title names when they are not the schema's default
 # the per-class recall heatmap gives each class a row this tall (inches), up to a figure this tall; beyond,
 # recall is colour alone and every few classes are named
 RECALL_ROW, RECALL_MAX_HEIGHT = 0.35, 40.0
+# protocol settings a title names when they are not the schema's default
 PROTOCOL = {"classifier": Param.CLASSIFIER, "pooling": Param.POOLING, "normalize": Param.NORMALIZE,
             "train_per_class": Param.TRAIN_PER_CLASS}
 
