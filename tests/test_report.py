@@ -56,6 +56,18 @@ def test_up_to_ten_classes_each_count_is_written_on_the_default_figure():
     plt.close(figure)
 
 
+def test_up_to_ten_classes_the_png_is_scikit_learns_display_as_it_was():
+    y, predicted = predictions(10, 500)
+    names = [f"class_{i}" for i in range(10)]
+    display = ConfusionMatrixDisplay.from_predictions(y, predicted, display_labels=names, xticks_rotation=45,
+                                                      colorbar=False)
+    display.ax_.set_title("vgg16 block3_pool: test (accuracy 0.700)", fontsize=9)
+    display.figure_.tight_layout()
+    figure = report.confusion_figure(y, predicted, labels=range(10), names=names,
+                                     title="vgg16 block3_pool: test (accuracy 0.700)")
+    assert report.figure_png(figure) == report.figure_png(display.figure_)
+
+
 @pytest.mark.parametrize("k", [11, 100, 300])  # 300: past MAX_LABELS and MAX_SIDE
 def test_beyond_ten_classes_each_row_is_a_fraction_of_its_class_and_the_figure_grows(k):
     y, predicted = predictions(k, 20 * k)
