@@ -101,8 +101,20 @@ def test_each_setting_that_varies_gets_a_column_in_every_table():
     assert "classifier.tol" not in summary.public(table).columns
 
 
+HUNDRED = ",".join(f"class_{i:03d}" for i in range(100))
+SAME_SHORT = ",".join(f"class_{i:03d}" for i in (*range(5), *range(50, 100)))  # shortened, it reads as HUNDRED
+
+
+def _two_cuts(names: str) -> list[RunRecord]:
+    """block4_pool and block5_pool of one task, each with a test recall per class."""
+    recall = {name: 0.5 for name in names.split(",")}
+    return [dataclasses.replace(_run("a", 0.6, tags={Tag.CLASSES: names}), test_recall=recall),
+            dataclasses.replace(_run("b", 0.7, layer="block5_pool", layer_index=18, tags={Tag.CLASSES: names}),
+                                test_recall=recall)]
+
+
 def test_a_long_class_list_is_shortened_in_the_terminal_and_run_names_and_kept_whole_in_the_files():
-    names = ",".join(f"class_{i:03d}" for i in range(100))
+    names = HUNDRED
     table = summary.comparison_table([_run("a", 0.6, tags={Tag.CLASSES: names})])
     terminal = summary.terminal_table(table)
     assert ",…,class_099" in terminal and "class_050" not in terminal
@@ -110,8 +122,7 @@ def test_a_long_class_list_is_shortened_in_the_terminal_and_run_names_and_kept_w
     assert summary.public(table)["classes"].tolist() == [names]  # comparison.csv and .md
     rows, best = summary.selection(table)
     assert names in summary.selection_markdown(rows, best)
-    two_cuts = [_run("a", 0.6, tags={Tag.CLASSES: names}),
-                _run("b", 0.7, layer="block5_pool", layer_index=18, tags={Tag.CLASSES: names})]
+    two_cuts = _two_cuts(names)
     files = summary.summary_files(summary.comparison_table(two_cuts), two_cuts)
     shortened = "class_000_class_001_class_002_class_003_class_004_..._class_099"
     assert Artifact.figure(Artifact.ACCURACY_VS_LAYER, f"vgg16-{shortened}-C0.1") in files
@@ -124,25 +135,15 @@ def test_a_long_class_list_is_shortened_in_the_terminal_and_run_names_and_kept_w
 
 
 def test_two_tasks_whose_long_class_lists_read_the_same_keep_a_metric_each_on_the_parent():
-    names = ",".join(f"class_{i:03d}" for i in range(100))
-    other = ",".join(f"class_{i:03d}" for i in (*range(5), *range(50, 100)))  # shortened, it reads the same
-    records = [_run("a", 0.6, tags={Tag.CLASSES: names}),
-               _run("b", 0.7, data__classes="[0, 1]", tags={Tag.CLASSES: other}),
-               _run("c", 0.8, tags={Tag.CLASSES: names, Tag.DATA_FINGERPRINT: "e" * 16})]  # same classes, other data
+    records = [_run("a", 0.6, tags={Tag.CLASSES: HUNDRED}),
+               _run("b", 0.7, data__classes="[0, 1]", tags={Tag.CLASSES: SAME_SHORT}),
+               _run("c", 0.8, tags={Tag.CLASSES: HUNDRED, Tag.DATA_FINGERPRINT: "e" * 16})]  # same classes, other data
     metrics = summary.parent_metrics(summary.comparison_table(records))
     per_layer = {key: value for key, value in metrics.items() if key.startswith("val_accuracy/")}
     assert sorted(per_layer.values()) == [0.6, 0.7, 0.8]  # none overwritten
     assert all(len(key) <= 250 for key in metrics)  # what MLflow takes
     name = "val_accuracy/vgg16/class_000_class_001_class_002_class_003_class_004_..._class_099/block4_pool"
     assert {name, f"{name} task 2", f"{name} task 3"} == set(per_layer)
-
-
-def _two_cuts(names: str) -> list[RunRecord]:
-    """block4_pool and block5_pool of one task, each with a test recall per class."""
-    recall = {name: 0.5 for name in names.split(",")}
-    return [dataclasses.replace(_run("a", 0.6, tags={Tag.CLASSES: names}), test_recall=recall),
-            dataclasses.replace(_run("b", 0.7, layer="block5_pool", layer_index=18, tags={Tag.CLASSES: names}),
-                                test_recall=recall)]
 
 
 def test_class_names_that_are_not_mathtext_are_drawn_as_they_are_in_every_summary_figure():
@@ -166,9 +167,8 @@ def test_per_class_recall_gives_each_class_a_row_up_to_a_tall_figure_then_colour
 
 
 def test_cka_files_of_two_tasks_whose_classes_read_the_same_are_both_kept():
-    long, other = (",".join(f"class_{i:03d}" for i in ids) for ids in (range(100), (*range(5), *range(50, 100))))
     similarities = [depth.Similarity(classes, ("vgg16/block4_pool", "vgg16/block5_pool"), np.eye(2) * value, 10,
-                                     True) for classes, value in ((long, 1.0), (other, 0.5))]
+                                     True) for classes, value in ((HUNDRED, 1.0), (SAME_SHORT, 0.5))]
     files = depth.similarity_files(similarities)
     assert len(files) == 4 and len({files[name] for name in files if name.endswith(".csv")}) == 2
 
