@@ -11,15 +11,15 @@ sweep; the two ways take turns. Results go to benchmarks/results/confusion_class
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from benchmarks.run import HERE, write_table
+from benchmarks.run import HERE, in_turn, write_table
 from tlsweep.stages.analysis import report
 
 SPLITS = {"train": 7200, "val": 1800, "test": 600}
@@ -32,6 +32,12 @@ def every_count(y_true, y_pred, *, labels, names, title) -> plt.Figure:
     display.ax_.set_title(title, fontsize=9)
     display.figure_.tight_layout()
     return display.figure_
+
+
+def three_pngs(figure, splits: dict, names: list[str]) -> None:
+    """One job's confusion-matrix PNGs, one per split, drawn by `figure`."""
+    for split, (y, predicted) in splits.items():
+        report.figure_png(figure(y, predicted, labels=range(len(names)), names=names, title=split))
 
 
 def main() -> None:
@@ -49,14 +55,8 @@ def main() -> None:
         for split, n in SPLITS.items():
             y = rng.integers(0, k, n)
             splits[split] = (y, np.where(rng.random(n) < 0.7, y, rng.integers(0, k, n)))
-        seconds = {way: [] for way in ways}
-        for first in (True, *([False] * args.rounds)):  # the first pays matplotlib's first calls: not counted
-            for way, figure in ways.items():
-                start = time.perf_counter()
-                for split, (y, predicted) in splits.items():
-                    report.figure_png(figure(y, predicted, labels=range(k), names=names, title=split))
-                if not first:
-                    seconds[way].append(time.perf_counter() - start)
+        seconds = in_turn({way: functools.partial(three_pngs, figure, splits, names) for way, figure in ways.items()},
+                          args.rounds)
         before, after = (statistics.median(seconds[way]) for way in ways)
         rows.append({"classes": k, **{f"{way}: median s per job": statistics.median(times)
                                       for way, times in seconds.items()}, "ratio": before / after})

@@ -12,16 +12,16 @@ benchmarks/results/report_figures.{json,md}.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import statistics
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 from sklearn.svm import LinearSVC
 
 from benchmarks.fit_data import relu_like
-from benchmarks.run import HERE, write_table
+from benchmarks.run import HERE, in_turn, write_table
 from tlsweep.stages.analysis import report
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]
@@ -46,15 +46,12 @@ def main() -> None:
     probe = LinearSVC(C=0.1, max_iter=50).fit(X[:2000], y[:2000])
     splits = {"train": (X[:7200], y[:7200]), "val": (X[7200:9000], y[7200:9000]), "test": (X[9000:], y[9000:])}
     ways = {"drawn once (figure_png)": report.figure_png, "drawn twice (savefig)": drawn_twice}
-    seconds = {way: [] for way in ways}
-    for first in (True, *([False] * args.rounds)):  # a first job pays matplotlib's first calls: not counted
-        for way, save in ways.items():
-            report.figure_png = save  # what classification_reports calls for each split
-            start = time.perf_counter()
-            report.classification_reports(estimator=probe, splits=splits, labels=list(range(6)), names=NAMES,
-                                          title="vgg16 block3_pool: ")
-            if not first:
-                seconds[way].append(time.perf_counter() - start)
+    def job(save) -> None:
+        report.figure_png = save  # what classification_reports calls for each split
+        report.classification_reports(estimator=probe, splits=splits, labels=list(range(6)), names=NAMES,
+                                      title="vgg16 block3_pool: ")
+
+    seconds = in_turn({way: functools.partial(job, save) for way, save in ways.items()}, args.rounds)
     report.figure_png = ways["drawn once (figure_png)"]
     rows = [{"PNGs": way, "median s per job": statistics.median(times), "min s": min(times), "max s": max(times)}
             for way, times in seconds.items()]

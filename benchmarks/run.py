@@ -132,6 +132,19 @@ def write_results(out: Path, stem: str, results: dict, text: str) -> None:
     print(text)
 
 
+def in_turn(ways: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each way's call, the ways taking turns `rounds` times after one uncounted round (the first
+    pays the libraries' first calls)."""
+    seconds: dict[str, list[float]] = {way: [] for way in ways}
+    for counted in (False, *([True] * rounds)):
+        for way, call in ways.items():
+            start = time.perf_counter()
+            call()
+            if counted:
+                seconds[way].append(time.perf_counter() - start)
+    return seconds
+
+
 def write_table(out: Path, stem: str, title: str, rows: list[dict], *, floatfmt: str = ".2f") -> None:
     """`rows` as one table, `title` followed by the machine and its load average as the run ends."""
     found = {"machine": machine(), "load_average": os.getloadavg(), "rows": rows}
