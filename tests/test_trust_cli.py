@@ -196,6 +196,50 @@ def test_ctrl_c_is_one_line_leaves_nothing_running_and_resume_picks_up(isolated,
     assert sorted(r.data.params[Param.LAYER] for r in jobs) == ["block3_pool", "block4_pool", "block5_pool"]
 
 
+# A Ctrl-C landing in a library's C code can come out as another error: TensorFlow's graph building once raised
+# `SystemError: ... bad argument to internal function`. Here the first job's work is that library.
+CONVERTED_CTRL_C = """
+import os, signal, subprocess, sys, time
+import tlsweep.job
+from tlsweep import train
+
+def converted(*args, **kwargs):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+    except KeyboardInterrupt:
+        raise SystemError("Objects/listobject.c:338: bad argument to internal function") from None
+    raise AssertionError("no Ctrl-C arrived")
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C reaches it, also in a background job
+train.train_and_evaluate = converted
+from tlsweep.__main__ import cli
+sys.argv[0] = "tlsweep"
+cli()
+"""
+
+
+def test_a_ctrl_c_that_a_library_turns_into_another_error_still_stops_the_sweep(isolated, cifar_dir, tiny,
+                                                                               experiment_runs):
+    """Not a FAILED job and a sweep that goes on and exits 1: the job ends KILLED, its error names the
+    interrupt and what the library made of it, and the sweep stops with the one line and status 130."""
+    import subprocess
+    import sys
+
+    args = ["-m", "layer=block3_pool,block4_pool,block5_pool", f"data.path={cifar_dir}", *tiny]
+    result = subprocess.run([sys.executable, "-c", CONVERTED_CTRL_C, *args], cwd=isolated, capture_output=True,
+                            text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and len([line for line in output.splitlines() if "interrupted" in line]) == 1
+    runs = experiment_runs(MlflowClient())
+    assert sorted(r.info.status for r in runs) == [Status.KILLED, Status.KILLED]  # the parent and the first job
+    (child,) = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.JOB]
+    assert child.data.tags[Tag.ERROR] == "KeyboardInterrupt: came out of a library as SystemError"
+    trace = Path(MlflowClient().download_artifacts(child.info.run_id, Artifact.ERROR, str(isolated))).read_text()
+    assert "SystemError: Objects/listobject.c:338: bad argument to internal function" in trace
+
+
 # In-process: one job at a time, as a sweep's job runs it, without a process per job
 
 

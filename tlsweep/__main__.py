@@ -45,11 +45,13 @@ def main(cfg: DictConfig) -> float:
     try:
         return run(cfg, sweep=sweep)
     except TlsweepError as err:
+        console.raise_pending_interrupt()
         log.error("%s", err)
         if not multirun:
             sys.exit(1)
         return math.nan  # the run is marked FAILED; the sweep goes on and exits non-zero at its end
     except Exception:
+        console.raise_pending_interrupt()  # a Ctrl-C that a library turned into another error
         if multirun:
             log.exception("job failed")
             return math.nan
@@ -76,6 +78,10 @@ def cli() -> None:
                 console.start_backend_quietly()
         main()
     except KeyboardInterrupt:
+        interrupted()
+    except Exception as err:
+        if console.as_interrupt(err) is err:
+            raise
         interrupted()
     finally:
         prepared.discard()

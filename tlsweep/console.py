@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import re
+import signal
 import sys
 import warnings
 import tempfile
@@ -39,11 +40,15 @@ _pending_interrupt = False
 
 
 def keep_swallowed_interrupts() -> None:
-    """Ctrl-C that lands while Python runs a garbage-collector callback (JAX registers one when Keras imports it)
-    is raised inside that callback, where Python reports it as unraisable, a traceback on stderr, and drops it:
-    the sweep would go on. This hook keeps such a KeyboardInterrupt, without the traceback, for
-    `raise_pending_interrupt` to raise at the next step a job takes. Any other unraisable error is reported
-    as before."""
+    """Keep every Ctrl-C, also one that a library turns into something else, for the job to stop as interrupted.
+
+    Python raises Ctrl-C's KeyboardInterrupt wherever the main thread is. In a garbage-collector callback (JAX
+    registers one when Keras imports it) Python reports it as unraisable, a traceback on stderr, and drops it:
+    the sweep would go on. Inside a library's C code it can come out as another error (TensorFlow's graph
+    building raised `SystemError: ... bad argument to internal function`), and the job would end FAILED and the
+    sweep go on. So the SIGINT handler records each Ctrl-C before raising it: `raise_pending_interrupt` raises
+    it at the next step a job takes, and `as_interrupt` names the error a job stopped with for what it was. Any
+    other unraisable error is reported as before. A process started with Ctrl-C ignored keeps ignoring it."""
     report = sys.unraisablehook
 
     def hook(unraisable) -> None:
@@ -54,12 +59,29 @@ def keep_swallowed_interrupts() -> None:
         report(unraisable)
 
     sys.unraisablehook = hook
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _record_interrupt)
+
+
+def _record_interrupt(signum: int, frame) -> None:
+    global _pending_interrupt
+    _pending_interrupt = True
+    signal.default_int_handler(signum, frame)
 
 
 def raise_pending_interrupt() -> None:
     """Raise the Ctrl-C that `keep_swallowed_interrupts` kept, if any."""
     if _pending_interrupt:
         raise KeyboardInterrupt
+
+
+def as_interrupt(error: BaseException) -> BaseException:
+    """The error a job stopped with, or, where a Ctrl-C came before it, a KeyboardInterrupt caused by it."""
+    if isinstance(error, KeyboardInterrupt) or not _pending_interrupt:
+        return error
+    interrupt = KeyboardInterrupt(f"came out of a library as {type(error).__name__}")
+    interrupt.__cause__ = error
+    return interrupt
 
 
 @contextmanager

@@ -232,11 +232,14 @@ def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = 
                 extraction_seconds=result.extraction_seconds + spec.prescored.extraction_seconds,
                 scores={name: spec.prescored.scores.get(name, scored) for name, scored in result.scores.items()})
     except BaseException as err:
+        stopped = console.as_interrupt(err)  # a Ctrl-C that a library turned into another error is still one
         runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(spec),
-                     payload=dataclasses.replace(record, error=err).payload(), started=started,
+                     payload=dataclasses.replace(record, error=stopped).payload(), started=started,
                      parent_run_id=target.parent_run_id, run_id=target.run_id,
-                     interrupted=isinstance(err, KeyboardInterrupt))
-        raise
+                     interrupted=isinstance(stopped, KeyboardInterrupt))
+        if stopped is err:
+            raise
+        raise stopped from err
     logged = runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(spec),
                           payload=dataclasses.replace(record, result=result).payload(), started=started,
                           parent_run_id=target.parent_run_id, run_id=target.run_id, work_seconds=work_seconds)
