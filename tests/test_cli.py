@@ -91,24 +91,18 @@ def test_three_cut_multirun_is_one_parent_with_three_children(isolated, cifar_ar
     assert link in result.stderr + result.stdout
 
 
-def test_single_run_without_m_logs_one_run(isolated, cifar_dir, cli, tiny, experiment_runs):
-    result = cli(f"data.path={cifar_dir.parent}", "layer=block5_pool", *tiny, cwd=isolated)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = experiment_runs(MlflowClient())
-    assert len(runs) == 1
-    assert runs[0].info.status == Status.FINISHED
-    assert Tag.PARENT not in runs[0].data.tags
-
-
-def test_default_store_is_mlflow_db_in_the_folder_the_command_ran_in(isolated, cifar_dir, cli, tiny,
-                                                                      experiment_runs):
+def test_single_run_without_m_logs_one_run_to_mlflow_db_in_the_folder_it_ran_in(isolated, cifar_dir, cli, tiny,
+                                                                                 experiment_runs):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     os.environ.pop("MLFLOW_TRACKING_URI")
-    result = cli(f"data.path={cifar_dir}", *tiny, "classifier.C=0.5", cwd=isolated, env=env)
+    result = cli(f"data.path={cifar_dir.parent}", "layer=block5_pool", *tiny, "classifier.C=0.5", cwd=isolated,
+                 env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (isolated / "mlflow.db").exists()
     runs = experiment_runs(MlflowClient(f"sqlite:///{isolated / 'mlflow.db'}"))
     assert [r.data.params[Param.C] for r in runs] == ["0.5"]
+    assert runs[0].info.status == Status.FINISHED
+    assert Tag.PARENT not in runs[0].data.tags
 
 
 def test_sweep_over_layer_classes_and_c(isolated, cifar_dir, cli, tiny, experiment_runs):

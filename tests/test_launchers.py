@@ -17,7 +17,9 @@ IMAGES = 60 + 24  # train + test images of the tiny CIFAR-10 files, classes 4-9
 @pytest.mark.parametrize(
     "layers, launcher",
     [
-        (["block4_pool", "block5_pool"], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),  # both at once
+        # both at once; the default run has joblib's workers in test_reliability_cli's parallel sweep
+        pytest.param(["block4_pool", "block5_pool"], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                     marks=pytest.mark.slow),
         pytest.param(["block4_pool", "block5_pool"], ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
                      marks=pytest.mark.slow),  # the same path as joblib's, through submitit's own processes
     ],

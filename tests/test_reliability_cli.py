@@ -73,6 +73,11 @@ def test_parallel_sweep_shares_one_cache_entry_and_a_failing_job_does_not_stop_i
     assert all("data.val_fraction should lie in" in r.data.tags[Tag.ERROR] for r in failed)
     assert parent.info.status == Status.FAILED
     assert len(lines_with(result, "failed: vgg16 layer=")) == 3
+    # the jobs ran in worker processes, children of the one parent that the launching process opened
+    assert parent.data.tags[Tag.PROCESS] not in {r.data.tags[Tag.PROCESS] for r in jobs}
+    assert {r.data.tags[Tag.PARENT] for r in jobs} == {parent.info.run_id}
+    table = client.download_artifacts(parent.info.run_id, Artifact.summary(Artifact.COMPARISON_CSV), str(isolated))
+    assert all(layer in open(table).read() for layer in LAYERS)
 
     # every image went through the CNN once: the other processes waited for the entry, then read it
     assert sum(children[layer].data.metrics[Metric.CNN_FORWARD_IMAGES] for layer in LAYERS) == 60 + 24
