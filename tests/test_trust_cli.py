@@ -199,7 +199,7 @@ def test_ctrl_c_is_one_line_leaves_nothing_running_and_resume_picks_up(isolated,
 # A Ctrl-C landing in a library's C code can come out as another error: TensorFlow's graph building once raised
 # `SystemError: ... bad argument to internal function`. Here the first job's work is that library.
 CONVERTED_CTRL_C = """
-import os, signal, subprocess, sys, time
+import os, signal, sys, time
 import tlsweep.job
 from tlsweep import train
 
