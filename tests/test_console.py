@@ -52,7 +52,7 @@ def test_help_is_tlsweeps_own_page(isolated, cli):
 
 
 def test_a_sweep_is_named_and_counted_as_hydras_basic_sweeper_expands_it():
-    from tlsweep.sweep.callback import sweep_name, sweep_size
+    from tlsweep.sweep.plan import sweep_name, sweep_size
 
     preset_then_command_line = ["layer=block3_pool,block4_pool,block5_pool", "layer=block3_pool",
                                 "features.pooling=flatten,grid"]
@@ -93,6 +93,34 @@ def test_a_ctrl_c_dropped_in_a_garbage_collector_callback_is_raised_at_the_next_
     assert [item.exc_type for item in reported] == [ValueError]
     with pytest.raises(KeyboardInterrupt):
         console.Progress(10, description="features (train)", log=logging.getLogger("tlsweep")).update(1)
+
+
+def test_the_ctrl_c_handler_records_the_interrupt_and_leaves_an_ignored_ctrl_c_ignored(monkeypatch):
+    """The handler records a Ctrl-C, then raises it as Python's own handler does; an error that a library raises
+    after it becomes the interrupt, caused by that error. One without a Ctrl-C before it stays what it is."""
+    from tlsweep import console
+
+    monkeypatch.setattr(console, "_pending_interrupt", False)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # put back after
+    installed = []
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: installed.append((signum, handler)))
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.SIG_IGN)  # started in the background
+    console.keep_swallowed_interrupts()
+    assert installed == []
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.default_int_handler)
+    console.keep_swallowed_interrupts()
+    assert installed == [(signal.SIGINT, console._record_interrupt)]
+
+    error = ValueError("a genuine error")
+    assert console.as_interrupt(error) is error
+    with pytest.raises(KeyboardInterrupt):
+        installed[0][1](signal.SIGINT, None)
+    converted = SystemError("bad argument to internal function")
+    interrupt = console.as_interrupt(converted)
+    assert isinstance(interrupt, KeyboardInterrupt) and interrupt.__cause__ is converted
+    assert str(interrupt) == "came out of a library as SystemError"
+    with pytest.raises(KeyboardInterrupt):
+        console.raise_pending_interrupt()
 
 
 def test_a_command_leaves_its_heap_to_the_os_and_still_ends_its_run_and_flushes_its_log(isolated, cifar_dir, tiny):

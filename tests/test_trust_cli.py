@@ -356,6 +356,42 @@ def test_a_child_whose_results_cannot_be_written_never_takes_the_sweep_down(swee
     assert "1 of 2 jobs failed" in caplog.text
 
 
+def test_a_ctrl_c_that_a_library_turns_into_an_error_while_results_or_the_summary_are_written_is_an_interrupt(
+        sweep_in_process, monkeypatch, experiment_runs):
+    """Where an error is caught and the sweep would go on (a child's results that could not be written, the
+    parent's summary), an error that follows a Ctrl-C is raised as the interrupt: the child KILLED, not FAILED."""
+    from tlsweep import console
+    from tlsweep.sweep import summary
+    from tlsweep.tracking.store import Store
+
+    callback, job, parent = sweep_in_process
+    job("block4_pool")
+    write = Store.write
+
+    def interrupted(self, run_id, payload, **kwargs):
+        if payload.params.get(Param.LAYER) == "block5_pool":
+            monkeypatch.setattr(console, "_pending_interrupt", True)  # what the SIGINT handler records
+            raise SystemError("bad argument to internal function")
+        return write(self, run_id, payload, **kwargs)
+
+    monkeypatch.setattr(Store, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        job("block5_pool")
+    assert isinstance(raised.value.__cause__, SystemError)
+    runs = {r.data.tags.get(Tag.LAYER, r.info.run_id): r for r in experiment_runs(MlflowClient())}
+    assert runs["block5_pool"].info.status == Status.KILLED and Tag.ERROR not in runs["block5_pool"].data.tags
+
+    monkeypatch.setattr(Store, "write", write)
+    monkeypatch.setattr(summary, "summary_files", lambda *args: (_ for _ in ()).throw(SystemError("in matplotlib")))
+    with pytest.raises(KeyboardInterrupt):  # not SystemExit(1) with the parent FAILED for a summary it lacks
+        callback.on_multirun_end(config=None)
+    assert MlflowClient().get_run(parent).info.status == Status.RUNNING  # closed KILLED at exit, as after any Ctrl-C
+    monkeypatch.setattr(console, "_pending_interrupt", False)
+    with pytest.raises(SystemExit):  # the same error without a Ctrl-C before it: the summary could not be made
+        callback.on_multirun_end(config=None)
+    assert MlflowClient().get_run(parent).info.status == Status.FAILED
+
+
 def test_the_parent_serves_only_a_run_its_own_jobs_logged(sweep_in_process, experiment_runs, caplog):
     from mlflow.entities import Metric, Param, RunTag
 

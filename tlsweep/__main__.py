@@ -79,8 +79,8 @@ def cli() -> None:
         main()
     except KeyboardInterrupt:
         interrupted()
-    except Exception as err:
-        if console.as_interrupt(err) is err:
+    except Exception as err:  # raised before Hydra took over, after a Ctrl-C
+        if not isinstance(console.as_interrupt(err), KeyboardInterrupt):
             raise
         interrupted()
     finally:

@@ -14,8 +14,9 @@ import os
 import re
 import signal
 import sys
-import warnings
 import tempfile
+import threading
+import warnings
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -40,15 +41,17 @@ _pending_interrupt = False
 
 
 def keep_swallowed_interrupts() -> None:
-    """Keep every Ctrl-C, also one that a library turns into something else, for the job to stop as interrupted.
+    """Keep every Ctrl-C that reaches the command's process, also one that a library turns into something else,
+    for the sweep to stop as interrupted.
 
     Python raises Ctrl-C's KeyboardInterrupt wherever the main thread is. In a garbage-collector callback (JAX
     registers one when Keras imports it) Python reports it as unraisable, a traceback on stderr, and drops it:
     the sweep would go on. Inside a library's C code it can come out as another error (TensorFlow's graph
     building raised `SystemError: ... bad argument to internal function`), and the job would end FAILED and the
     sweep go on. So the SIGINT handler records each Ctrl-C before raising it: `raise_pending_interrupt` raises
-    it at the next step a job takes, and `as_interrupt` names the error a job stopped with for what it was. Any
-    other unraisable error is reported as before. A process started with Ctrl-C ignored keeps ignoring it."""
+    it at the next step a job takes, and `as_interrupt` names the error a job or the sweep stopped with for what
+    it was. Any other unraisable error is reported as before. A process started with Ctrl-C ignored keeps
+    ignoring it. A launcher's worker processes (joblib, submitit, Ray) keep their own handling."""
     report = sys.unraisablehook
 
     def hook(unraisable) -> None:
@@ -59,7 +62,8 @@ def keep_swallowed_interrupts() -> None:
         report(unraisable)
 
     sys.unraisablehook = hook
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    in_main_thread = threading.current_thread() is threading.main_thread()  # the only one that may set a handler
+    if in_main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _record_interrupt)
 
 
@@ -76,7 +80,8 @@ def raise_pending_interrupt() -> None:
 
 
 def as_interrupt(error: BaseException) -> BaseException:
-    """The error a job stopped with, or, where a Ctrl-C came before it, a KeyboardInterrupt caused by it."""
+    """The error that stopped a job or the sweep, or, where a Ctrl-C came before it, a KeyboardInterrupt caused by
+    it: what the handler that caught the error raises instead."""
     if isinstance(error, KeyboardInterrupt) or not _pending_interrupt:
         return error
     interrupt = KeyboardInterrupt(f"came out of a library as {type(error).__name__}")

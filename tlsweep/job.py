@@ -239,7 +239,7 @@ def run_one(spec: JobSpec, target: LogTarget, *, extract_ahead: Sequence[str] = 
                      interrupted=isinstance(stopped, KeyboardInterrupt))
         if stopped is err:
             raise
-        raise stopped from err
+        raise stopped
     logged = runs.log_job(target.store, experiment_id=target.experiment_id, run_name=run_name(spec),
                           payload=dataclasses.replace(record, result=result).payload(), started=started,
                           parent_run_id=target.parent_run_id, run_id=target.run_id, work_seconds=work_seconds)

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import secrets
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from tlsweep import console, preflight, provenance
 from tlsweep.config import default_cache_dir, default_tracking_uri
@@ -44,48 +42,6 @@ from tlsweep.tracking.stored import RecordError, RunRecord, StoredRun
 from tlsweep.validate import stale_after_seconds
 
 log = logging.getLogger(__name__)
-
-
-def sweep_overrides(config: DictConfig) -> list[str]:
-    """The sweep as the basic sweeper expands it: `hydra.sweeper.params`, then the command line."""
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    return [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
-
-
-def swept_values(overrides: list[str], key: str) -> list[str]:
-    """Every value `key` takes in the sweep, parsed by Hydra's own grammar; the last override wins."""
-    values: list[str] = []
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.get_key_element().lstrip("+~") != key:
-            continue
-        if override.is_sweep_override():
-            values = [str(value) for value in override.sweep_string_iterator()]
-        else:
-            values = [str(override.value())]
-    return list(dict.fromkeys(values))
-
-
-def sweep_size(overrides: list[str]) -> int:
-    """How many jobs the basic sweeper makes of `overrides`: the product of each swept key's value count."""
-    counts = {}
-    for override in OverridesParser.create().parse_overrides(overrides):  # a later override of a key wins
-        swept = override.is_sweep_override()
-        counts[override.get_key_element()] = len(list(override.sweep_string_iterator())) if swept else 1
-    return math.prod(counts.values())
-
-
-def sweep_name(model: str, overrides: list[str], data: str = "") -> str:
-    """A parent run named after its data and what the sweep varies: `vgg16 cifar10 layer=block3_pool,block4_pool`."""
-    swept: dict[str, str] = {}
-    for override in OverridesParser.create().parse_overrides(overrides):  # a later override of a key wins
-        key = override.get_key_element()
-        swept.pop(key, None)
-        if override.is_sweep_override():
-            swept[key] = f"{key}={','.join(map(str, override.sweep_string_iterator()))}"
-    varied = list(swept.values())
-    prefix = [] if any(item.startswith("model=") for item in varied) else [model]
-    prefix += [] if not data or any(item.startswith(("data=", "data.path=")) for item in varied) else [data]
-    return " ".join(prefix + (varied or ["sweep"]))[:250]
 
 
 def data_label(config: DictConfig) -> str:
@@ -110,7 +66,7 @@ class MLflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         console.mask_secrets_in_logs()  # Hydra's launcher prints each job's overrides
-        overrides = sweep_overrides(config)
+        overrides = plan.sweep_overrides(config)
         uri = default_tracking_uri(config.tracking.uri, Path.cwd())
         try:
             jobs = plan.plan(config, overrides)
@@ -135,21 +91,22 @@ class MLflowSweepCallback(Callback):
                     Tag.SWEEP_DIR: str(Path(config.hydra.sweep.dir).resolve()),
                 }
                 parent = runs.start_parent(store, experiment_id=experiment_id,
-                                           run_name=sweep_name(config.model.name, overrides, data_label(config)),
+                                           run_name=plan.sweep_name(config.model.name, overrides, data_label(config)),
                                            kind=Kind.SWEEP,
                                            tags=tags, beat_interval=interval_for(stale_after))
             store.write(parent, Payload(metrics={Metric.STARTUP_SECONDS: provenance.process_age()}))
         except TlsweepError as err:
+            console.raise_pending_interrupt()  # a Ctrl-C that a library turned into this error
             log.error("%s", redact(str(err)))
             sys.exit(1)
         self.owns_parent = not outer
         self.heartbeat = Heartbeat(uri, parent, interval=interval_for(stale_after)).start()
         self.command = redact(shlex.join(["python", "-m", "tlsweep", *sys.argv[1:]]))
-        self.n_jobs = len(jobs.jobs) if jobs else sweep_size(overrides)
+        self.n_jobs = len(jobs.jobs) if jobs else plan.sweep_size(overrides)
         self.planned = jobs.config_hashes if jobs else None
         self.cka_debiased = bool(config.cka.debiased)
         self.context = SweepContext(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
-                                    sweep_layers=tuple(swept_values(overrides, "layer")),
+                                    sweep_layers=tuple(plan.swept_values(overrides, "layer")),
                                     cache_dir=str(default_cache_dir(config.cache_dir)),
                                     seal_key=secrets.token_hex(32))
         atexit.register(self._close_if_left_open)
@@ -174,6 +131,7 @@ class MLflowSweepCallback(Callback):
         try:
             failures = self._summarise(store)
         except Exception as err:  # the children stand; the parent says what it lacks and fails
+            console.raise_pending_interrupt()
             line = f"the sweep's summary could not be made: {error_line(err)}"
             log.error("%s", line)
             self._close(store, failed=True, error=line)
@@ -218,6 +176,7 @@ class MLflowSweepCallback(Callback):
             try:
                 served = self._log_best_pipeline(store, next(r for r in records if r.run_id == best["run_id"]))
             except Exception as err:  # the comparison stands; the parent says what it lacks and fails
+                console.raise_pending_interrupt()
                 served = False
                 error = f"could not log the best configuration's pipeline (run {best['run_id']}): {error_line(err)}"
         self._close(store, failed=bool(lines or error), error=error)
@@ -252,6 +211,7 @@ class MLflowSweepCallback(Callback):
                                      summary.varied_params(table))
             store.set_experiment_tag(self.context.experiment_id, shared.tag, shared.value)
         except Exception as err:
+            console.raise_pending_interrupt()
             log.warning("the sweep's runs table was not saved as a view: %s", error_line(err))
             return ""
         return shared.link(view.ui_address(store.uri), self.context.experiment_id)

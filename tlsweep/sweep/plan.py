@@ -14,6 +14,7 @@ checked as it starts.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -73,6 +74,48 @@ def job_overrides(config: DictConfig, overrides: list[str]) -> Optional[list[lis
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def sweep_overrides(config: DictConfig) -> list[str]:
+    """The sweep as the basic sweeper expands it: `hydra.sweeper.params`, then the command line."""
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+
+
+def swept_values(overrides: list[str], key: str) -> list[str]:
+    """Every value `key` takes in the sweep, parsed by Hydra's own grammar; the last override wins."""
+    values: list[str] = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.get_key_element().lstrip("+~") != key:
+            continue
+        if override.is_sweep_override():
+            values = [str(value) for value in override.sweep_string_iterator()]
+        else:
+            values = [str(override.value())]
+    return list(dict.fromkeys(values))
+
+
+def sweep_size(overrides: list[str]) -> int:
+    """How many jobs the basic sweeper makes of `overrides`: the product of each swept key's value count."""
+    counts = {}
+    for override in OverridesParser.create().parse_overrides(overrides):  # a later override of a key wins
+        swept = override.is_sweep_override()
+        counts[override.get_key_element()] = len(list(override.sweep_string_iterator())) if swept else 1
+    return math.prod(counts.values())
+
+
+def sweep_name(model: str, overrides: list[str], data: str = "") -> str:
+    """A parent run named after its data and what the sweep varies: `vgg16 cifar10 layer=block3_pool,block4_pool`."""
+    swept: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(overrides):  # a later override of a key wins
+        key = override.get_key_element()
+        swept.pop(key, None)
+        if override.is_sweep_override():
+            swept[key] = f"{key}={','.join(map(str, override.sweep_string_iterator()))}"
+    varied = list(swept.values())
+    prefix = [] if any(item.startswith("model=") for item in varied) else [model]
+    prefix += [] if not data or any(item.startswith(("data=", "data.path=")) for item in varied) else [data]
+    return " ".join(prefix + (varied or ["sweep"]))[:250]
 
 
 def compose_job(config: DictConfig, overrides: list[str]) -> DictConfig:

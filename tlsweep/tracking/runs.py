@@ -15,7 +15,7 @@ import time
 from typing import Optional, Sequence
 
 
-from tlsweep import provenance
+from tlsweep import console, provenance
 from tlsweep.errors import ConfigError, LoggingError
 from tlsweep.tracking import heartbeat
 from tlsweep.tracking.names import Kind, Metric, Status, Tag
@@ -61,6 +61,10 @@ def log_job(store: Store, *, experiment_id: str, run_name: str, payload: Payload
         if work_seconds is not None:
             store.write(run_id, Payload(metrics={Metric.OVERHEAD_SECONDS: time.time() - started - work_seconds}))
     except Exception as err:
+        stopped = console.as_interrupt(err)
+        if stopped is not err:  # a Ctrl-C while writing, that a library turned into this error
+            _closing(store, run_id, Status.KILLED)
+            raise stopped
         line = f"the run's results could not be written to {store.display_uri}: {error_line(err)}"
         _closing(store, run_id, Status.FAILED, error=line)
         raise LoggingError(line) from None
