@@ -16,8 +16,8 @@ import signal
 import sys
 import tempfile
 import threading
-import warnings
 import time
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 

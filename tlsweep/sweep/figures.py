@@ -119,19 +119,20 @@ def class_recall_vs_layer(done: pd.DataFrame, records: Sequence[RunRecord], keys
         frame = pd.DataFrame(per_run).groupby(["layer_index", "layer"], dropna=False).mean().droplevel(0)
         if frame.shape[0] < 2 or frame.shape[1] == 0:
             continue
-        classes = frame.shape[1]
-        rows_fit = classes * RECALL_ROW + 1.8 <= RECALL_MAX_HEIGHT  # each class a row of its own, its values written
-        fig, ax = plt.subplots(figsize=(1.2 * frame.shape[0] + 3, min(classes * RECALL_ROW + 1.8, RECALL_MAX_HEIGHT)))
+        classes, margin = frame.shape[1], 1.8  # inches of the figure outside the class rows
+        width, height = 1.2 * frame.shape[0] + 3, classes * RECALL_ROW + margin
+        rows_fit = height <= RECALL_MAX_HEIGHT  # each class a row of its own, its values written
+        fig, ax = plt.subplots(figsize=(width, min(height, RECALL_MAX_HEIGHT)))
         image = ax.imshow(frame.T.values, aspect="auto", cmap="viridis", vmin=0, vmax=1)
         ax.set_xticks(range(frame.shape[0]), frame.index, rotation=30, ha="right")
-        named = range(0, classes, 1 if rows_fit else math.ceil(classes * RECALL_ROW / (RECALL_MAX_HEIGHT - 1.8)))
+        named = range(0, classes, 1 if rows_fit else math.ceil(classes * RECALL_ROW / (RECALL_MAX_HEIGHT - margin)))
         ax.set_yticks(named, [frame.columns[i] for i in named], parse_math=False)
         for (i, j), value in pd.DataFrame(frame.T.values).stack().items() if rows_fit else ():
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if value < 0.6 else "black")
         fig.colorbar(image, ax=ax, label="test recall")
         ax.set_xlabel("cut layer (input → output)")
-        width = 1.2 * frame.shape[0] + 3  # inches: about 13 characters of a 9-point title each
+        # about 13 characters of a 9-point title to an inch
         ax.set_title(textwrap.fill(f"test recall per class: {title(first, keys)}", int(13 * width)), fontsize=9,
                      parse_math=False)
         fig.tight_layout()
