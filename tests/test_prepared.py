@@ -4,6 +4,8 @@ lands only when the store is opened, never over a store that exists, and nothing
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,20 @@ def test_the_schema_is_made_aside_and_lands_when_the_store_is_opened(folder):
     experiment = store.experiment_id("tlsweep", create=True)
     run_id = store.create_run(experiment, run_name="r", tags={})
     assert store.client.get_run(run_id).info.experiment_id == experiment
+
+
+def test_the_child_loads_mlflow_s_client_alone(folder):
+    """What the child imports decides whether the schema is ready when the command opens its store: not `store`,
+    with the stages and scikit-learn it writes runs with, nor the backend."""
+    heavy = ("tlsweep.tracking.store", "tlsweep.stages", "sklearn", "keras", "tensorflow", "mlflow.pyfunc")
+    program = ("import runpy, sys; runpy.run_module('tlsweep.tracking.prepared', run_name='__main__'); "
+               f"print([name for name in {heavy!r} if name in sys.modules])")
+    target = folder / "child.db"
+    done = subprocess.run([sys.executable, "-c", program, f"sqlite:///{target}"], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    tables = {row[0] for row in sqlite3.connect(target).execute("select name from sqlite_master")}
+    assert {"runs", "metrics", "alembic_version", "logged_models"} <= tables
 
 
 def test_an_unused_schema_is_deleted_and_a_store_that_exists_is_left_alone(folder):
