@@ -11,9 +11,10 @@ import importlib.metadata
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
-from tlsweep.stages.probe.pipeline import PipelineSpec, ProbePipeline
+if TYPE_CHECKING:  # annotations only: `store` imports this module, and a new store's schema child imports
+    from tlsweep.stages.probe.pipeline import PipelineSpec, ProbePipeline  # `store` without the stages
 
 Files = Mapping[str, Union[str, bytes]]  # artifact path -> text, or PNG bytes
 

@@ -8,10 +8,9 @@ place if the store still does not exist (a link never overwrites), then deletes 
 before then, or is interrupted, leaves no store and no hidden file, as before; a child that failed leaves
 MLflow to make the schema itself.
 
-The child (`python -m tlsweep.tracking.prepared URI`) makes the schema with MLflow's client alone, as
-`Store.open` would on the store's first use. Through `store` it would also load the models, stages and
-scikit-learn that runs are written with, and finish after the command had checked its jobs and was waiting to
-open the store (docs/performance.md, section 7).
+No mlflow here: the child (`python -m tlsweep.tracking.prepared URI`) makes the schema through `store.Store`.
+`store` loads no stage, scikit-learn or backend as it is imported, so the child loads little more than MLflow and
+has the schema ready by the time the command has checked its jobs (docs/performance.md, section 7).
 """
 
 from __future__ import annotations
@@ -131,9 +130,9 @@ def _beside(path: Path, ending: str) -> Path:
 def main() -> None:
     """The child: make the schema of the SQLite store at argv[1] (MLflow creates it on first use)."""
     os.nice(10)  # where no core is idle, the command's own start goes first
-    from mlflow.tracking import MlflowClient
+    from tlsweep.tracking.store import Store  # the one module that talks to mlflow
 
-    MlflowClient(tracking_uri=sys.argv[1]).search_experiments(max_results=1)  # what `Store.open` asks first
+    Store(sys.argv[1]).client.search_experiments(max_results=1)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 
 from tlsweep.errors import ConfigError
 from tlsweep.redact import redact, redact_mapping
-from tlsweep.stages.probe.pipeline import PipelineSpec
 from tlsweep.tracking import connection, prepared
 from tlsweep.tracking.names import SPLITS, Metric as MetricName, Status
 from tlsweep.tracking.payload import DatasetRecord, Payload, PipelineModel, ProbeModel, requirements, write_files
@@ -178,6 +177,8 @@ class Store:
     def load_probe(self, run_id: str, name: str) -> tuple:
         """(the fitted probe, its PipelineSpec, its example images) of the `probe` model `name` of run `run_id`.
         Loading unpickles the probe: only for runs of stores whose writers are trusted."""
+        from tlsweep.stages.probe.pipeline import PipelineSpec  # the stages load here, not with the module (prepared)
+
         with tempfile.TemporaryDirectory(prefix="tlsweep-probe-") as folder:
             source = Path(download_artifacts(artifact_uri=f"runs:/{run_id}/{name}", dst_path=folder,
                                              tracking_uri=self.uri))
