@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
-if TYPE_CHECKING:  # annotations only: `store` imports this module, and a new store's schema child imports
-    from tlsweep.stages.probe.pipeline import PipelineSpec, ProbePipeline  # `store` without the stages
+if TYPE_CHECKING:  # annotations only, so that importing `store` (the schema child in `prepared`) loads no stage
+    from tlsweep.stages.probe.pipeline import PipelineSpec, ProbePipeline
 
 Files = Mapping[str, Union[str, bytes]]  # artifact path -> text, or PNG bytes
 

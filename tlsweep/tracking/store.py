@@ -177,7 +177,7 @@ class Store:
     def load_probe(self, run_id: str, name: str) -> tuple:
         """(the fitted probe, its PipelineSpec, its example images) of the `probe` model `name` of run `run_id`.
         Loading unpickles the probe: only for runs of stores whose writers are trusted."""
-        from tlsweep.stages.probe.pipeline import PipelineSpec  # the stages load here, not with the module (prepared)
+        from tlsweep.stages.probe.pipeline import PipelineSpec  # here, not at import: see `prepared`'s child
 
         with tempfile.TemporaryDirectory(prefix="tlsweep-probe-") as folder:
             source = Path(download_artifacts(artifact_uri=f"runs:/{run_id}/{name}", dst_path=folder,
